@@ -1,0 +1,107 @@
+"""Parsing of the label forms real cohorts use: ages as numbers or ranges, sex as codes.
+
+Every adapter leaves labels as given; the ``encode_labels`` node parses them here, once, so that a
+value that cannot be parsed becomes a QC finding instead of a crash.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+#: Encoding of sex used throughout NeuroKedro (the positive class of sex classification is F).
+SEX_CODES: dict[str, int] = {"M": 0, "F": 1}
+
+DEFAULT_SEX_MAPPING: dict[str, str] = {
+    "m": "M",
+    "male": "M",
+    "man": "M",
+    "1": "M",
+    "f": "F",
+    "female": "F",
+    "woman": "F",
+    "2": "F",
+}
+
+_RANGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*[-–]\s*(\d+(?:\.\d+)?)\s*$")
+_OPEN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*\+\s*$")
+
+
+class LabelError(ValueError):
+    """A label value that cannot be parsed or is impossible; the message says which and why."""
+
+
+def parse_age(value: Any, min_age: float = 0.0, max_age: float = 120.0) -> float:
+    """Parse an age in years.
+
+    Accepts a number (``46.7``), a numeric string, a range ``"22-25"`` (midpoint, 23.5) or an
+    open range ``"36+"`` (its lower bound, 36). Missing values (``None``, NaN, ``""``) give NaN:
+    a missing age is not an error for tasks that do not need it.
+
+    Args:
+        value: the age as found in the cohort table.
+        min_age: smallest plausible age in years (inclusive).
+        max_age: largest plausible age in years (inclusive).
+
+    Returns:
+        Age in years as float, or NaN when missing.
+
+    Raises:
+        LabelError: if the value is not a number or range, or is outside ``[min_age, max_age]``.
+    """
+    if _is_missing(value):
+        return math.nan
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        age = float(value)
+    else:
+        text = str(value).strip()
+        if match := _RANGE.match(text):
+            low, high = float(match[1]), float(match[2])
+            if high < low:
+                raise LabelError(f"age range {text!r} is reversed")
+            age = (low + high) / 2
+        elif match := _OPEN.match(text):
+            age = float(match[1])
+        else:
+            try:
+                age = float(text)
+            except ValueError:
+                raise LabelError(f"age {text!r} is not a number or a range like '22-25' or '36+'") from None
+    if not math.isfinite(age) or not min_age <= age <= max_age:
+        raise LabelError(f"age {age!r} is outside the plausible range [{min_age}, {max_age}] years")
+    return age
+
+
+def parse_sex(value: Any, mapping: Mapping[str, str] | None = None) -> float:
+    """Parse sex into NeuroKedro's code: M=0, F=1.
+
+    Args:
+        value: the sex as found in the table (``"M"``, ``"female"``, ``2`` ...).
+        mapping: lower-case string value -> ``"M"`` or ``"F"``; defaults to
+            :data:`DEFAULT_SEX_MAPPING` (``M/F``, ``male/female``, ``1/2`` as in IXI's ``SEX_ID``).
+
+    Returns:
+        0.0 for male, 1.0 for female, NaN when missing.
+
+    Raises:
+        LabelError: if the value is not in the mapping (the message lists the accepted values).
+    """
+    if _is_missing(value):
+        return math.nan
+    mapping = {str(k).strip().lower(): str(v).upper() for k, v in (mapping or DEFAULT_SEX_MAPPING).items()}
+    key = str(value).strip().lower()
+    if isinstance(value, float) and value.is_integer():
+        key = str(int(value))
+    if key not in mapping:
+        raise LabelError(f"sex {value!r} is not in the mapping; accepted: {sorted(mapping)}")
+    return float(SEX_CODES[mapping[key]])
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    return isinstance(value, str) and value.strip().lower() in {"", "nan", "na", "n/a", "none"}

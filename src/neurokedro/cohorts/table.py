@@ -1,0 +1,120 @@
+"""Cohort from a CSV/TSV label table plus image (and label-map) path templates."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from neurokedro.cohorts.base import CohortAdapter, DataRootError
+
+logger = logging.getLogger(__name__)
+
+
+class _Row(dict):
+    """Row for ``str.format_map`` whose missing keys raise a KeyError naming the columns."""
+
+    def __missing__(self, key: str) -> Any:
+        raise KeyError(f"path template uses {{{key}}} but the table has no column {key!r}; columns: {sorted(self)}")
+
+
+class TableCohort(CohortAdapter):
+    """A cohort described by a label table and path templates.
+
+    Example (``conf/ixi/parameters_data_engineering.yml``)::
+
+        cohort:
+          name: table
+          options:
+            data_root: ../shared/data/ixi_hh
+            data_root_env: NEUROKEDRO_IXI_DIR
+            table: demographics.csv
+            columns: {subject_id: MRID, age: Age, sex: Sex}
+            image_template: t1/{MRID}_T1.nii.gz
+            label_template: dlmuse/{MRID}_T1_DLMUSE.nii.gz
+            site: HH
+
+    Args:
+        table: path of the CSV (or ``.tsv``) file; relative paths are relative to ``data_root``.
+        columns: standard column -> the table's column (``subject_id``, ``session_id``, ``age``,
+            ``sex``, ``site``, ``split``); unmapped standard columns with the standard name are
+            used as they are.
+        image_template: ``str.format`` template of the image path, using the table's columns
+            (original names), relative to ``data_root`` unless absolute.
+        label_template: optional template of a label map on the image's grid.
+        data_root: folder holding the table and images; relative to the working directory (the
+            Kedro project root).
+        data_root_env: environment variable that, when set, overrides ``data_root``.
+        site: site for every row when the table has no site column.
+        read_args: extra keyword arguments of ``pandas.read_csv``.
+
+    Raises:
+        DataRootError: (from :meth:`build`) when the data folder or the table is missing; the
+            message says which environment variable or parameter to set.
+    """
+
+    def __init__(
+        self,
+        table: str,
+        image_template: str,
+        columns: Mapping[str, str] | None = None,
+        label_template: str | None = None,
+        data_root: str = ".",
+        data_root_env: str | None = None,
+        site: str | None = None,
+        read_args: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.table = table
+        self.image_template = image_template
+        self.label_template = label_template
+        self.columns = dict(columns or {})
+        self.data_root = data_root
+        self.data_root_env = data_root_env
+        self.site = site
+        self.read_args = dict(read_args or {})
+
+    def root(self) -> Path:
+        """The data folder: ``$<data_root_env>`` when set, else ``data_root``."""
+        from_env = os.environ.get(self.data_root_env) if self.data_root_env else None
+        root = Path(from_env or self.data_root).expanduser()
+        if not root.is_dir():
+            how = f"set {self.data_root_env} to the folder" if self.data_root_env else "set cohort.options.data_root"
+            source = f"${self.data_root_env}" if from_env else "cohort.options.data_root"
+            raise DataRootError(
+                f"Cohort data folder {str(root)!r} (from {source}) does not exist. "
+                f"{how.capitalize()} that holds {self.table!r} and the images, "
+                "or edit cohort.options.data_root in the environment's parameters_data_engineering.yml."
+            )
+        return root.resolve()
+
+    def build(self) -> pd.DataFrame:
+        root = self.root()
+        table_path = Path(self.table) if Path(self.table).is_absolute() else root / self.table
+        if not table_path.is_file():
+            raise DataRootError(f"Cohort table {str(table_path)!r} does not exist")
+        sep = "\t" if table_path.suffix == ".tsv" else ","
+        raw = pd.read_csv(table_path, sep=sep, dtype=str, keep_default_na=False, **self.read_args)
+        out = pd.DataFrame(index=raw.index)
+        for standard in ("subject_id", "session_id", "age", "sex", "site", "split"):
+            source = self.columns.get(standard, standard)
+            if source in raw.columns:
+                out[standard] = raw[source].replace("", None)
+        if "subject_id" not in out:
+            raise ValueError(f"{table_path}: no subject column (mapped from {self.columns.get('subject_id', 'subject_id')!r})")
+        if "site" not in out and self.site:
+            out["site"] = self.site
+        records = raw.to_dict("records")
+        out["image_path"] = [self._path(root, self.image_template, r) for r in records]
+        out["label_path"] = [self._path(root, self.label_template, r) if self.label_template else None for r in records]
+        extras = raw.drop(columns=[c for c in raw.columns if c in set(self.columns.values()) | set(out.columns)])
+        logger.info("Table cohort %s: %d rows", table_path, len(out))
+        return pd.concat([out, extras], axis=1)
+
+    @staticmethod
+    def _path(root: Path, template: str, row: Mapping[str, Any]) -> str:
+        path = Path(template.format_map(_Row(row)))
+        return str(path if path.is_absolute() else root / path)

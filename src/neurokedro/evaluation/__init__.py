@@ -1,0 +1,1 @@
+"""Metrics, implemented once and shared by every task, report and benchmark."""

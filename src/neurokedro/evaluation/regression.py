@@ -1,0 +1,43 @@
+"""Regression metrics (brain age and any other continuous target)."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+from sklearn import metrics as skm
+
+
+def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """MAE, RMSE, R² and Pearson r of predictions against the truth.
+
+    Args:
+        y_true: (N,) true values (e.g. chronological age in years).
+        y_pred: (N,) predictions in the same unit.
+
+    Returns:
+        ``{"mae", "rmse", "r2", "pearson_r", "n"}``; MAE and RMSE in the target's unit. With
+        fewer than 2 samples, or constant inputs, ``r2``/``pearson_r`` are NaN.
+
+    Raises:
+        ValueError: if the arrays differ in length, are empty or hold non-finite values.
+    """
+    y_true = np.asarray(y_true, dtype=float).ravel()
+    y_pred = np.asarray(y_pred, dtype=float).ravel()
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true has {y_true.size} values but y_pred has {y_pred.size}")
+    if y_true.size == 0:
+        raise ValueError("cannot compute metrics on zero samples")
+    if not (np.all(np.isfinite(y_true)) and np.all(np.isfinite(y_pred))):
+        raise ValueError("metrics need finite values; got NaN or Inf")
+    result = {
+        "mae": float(skm.mean_absolute_error(y_true, y_pred)),
+        "rmse": float(np.sqrt(skm.mean_squared_error(y_true, y_pred))),
+        "r2": float("nan"),
+        "pearson_r": float("nan"),
+        "n": int(y_true.size),
+    }
+    if y_true.size >= 2 and np.ptp(y_true) > 0:
+        result["r2"] = float(skm.r2_score(y_true, y_pred))
+        if np.ptp(y_pred) > 0:
+            result["pearson_r"] = float(stats.pearsonr(y_true, y_pred).statistic)
+    return result

@@ -1,0 +1,5 @@
+"""Pure functions on volumes: reorient, check, mask, crop, resample, normalise.
+
+Nothing here reads or writes files: functions take and return ``nibabel`` images or arrays, so
+every step is testable on a synthetic volume and reusable by training and predict alike.
+"""

@@ -1,0 +1,24 @@
+"""Kedro datasets of NeuroKedro: NIfTI images and the preprocessed volume store.
+
+Catalog entries refer to them by full path, e.g. ``type: neurokedro.io.NiftiDataset`` or
+``type: neurokedro.io.VolumeStoreDataset``.
+"""
+
+from neurokedro.io.atomic import atomic_replace_dir, atomic_write_path
+from neurokedro.io.nifti import NiftiDataset
+from neurokedro.io.volume_store import (
+    LazyVolumeStore,
+    PreprocessedVolume,
+    VolumeStore,
+    VolumeStoreDataset,
+)
+
+__all__ = [
+    "LazyVolumeStore",
+    "NiftiDataset",
+    "PreprocessedVolume",
+    "VolumeStore",
+    "VolumeStoreDataset",
+    "atomic_replace_dir",
+    "atomic_write_path",
+]

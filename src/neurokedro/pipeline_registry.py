@@ -1,0 +1,28 @@
+"""One pipeline per registered task: data_engineering + modelling + reporting in its namespace."""
+
+from __future__ import annotations
+
+from kedro.pipeline import Pipeline
+
+from neurokedro import plugins
+from neurokedro.pipelines import data_engineering, modelling, reporting
+
+
+def task_pipeline(task_name: str) -> Pipeline:
+    """The full pipeline of one task (shared data engineering, then the task's namespace)."""
+    return (
+        data_engineering.create_pipeline()
+        + modelling.create_pipeline(task_name=task_name)
+        + reporting.create_pipeline(task_name=task_name)
+    )
+
+
+def register_pipelines() -> dict[str, Pipeline]:
+    """``data_engineering``, one pipeline per task in the ``neurokedro.tasks`` registry, and
+    ``__default__`` (the first built-in task, brain-age regression, when registered)."""
+    pipelines: dict[str, Pipeline] = {"data_engineering": data_engineering.create_pipeline()}
+    for name in plugins.names("tasks"):
+        pipelines[name] = task_pipeline(name)
+    default = "age_regression" if "age_regression" in pipelines else next(iter(pipelines))
+    pipelines["__default__"] = pipelines[default]
+    return pipelines

@@ -1,0 +1,341 @@
+"""Nodes of the data-engineering pipeline.
+
+Every problem found in the input is a *finding*: one row of a QC table with the scan, the
+check that failed, the value and a message. Scans with image findings are excluded; scans with
+label findings stay in the volume store (unsupervised tasks can use them) and are left out of
+the tasks that need that label. Nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+from neurokedro import plugins
+from neurokedro.cohorts.base import CohortAdapter, standardise_columns
+from neurokedro.cohorts.labels import SEX_CODES, LabelError, parse_age, parse_sex
+from neurokedro.imaging.checks import grids_match, image_problems
+from neurokedro.imaging.preprocess import DEFAULTS as PREPROCESSING_DEFAULTS
+from neurokedro.imaging.preprocess import preprocess_scan
+from neurokedro.io.volume_store import LazyVolumeStore, PreprocessedVolume, VolumeStore
+
+logger = logging.getLogger(__name__)
+
+QC_COLUMNS = ["subject_id", "session_id", "file", "check", "value", "message", "action"]
+SPLITS = ("train", "validation", "test")
+
+
+class EmptyCohortError(RuntimeError):
+    """Raised when no usable scan is left; the message points to the QC table."""
+
+
+def _finding(row: Mapping[str, Any], file: Any, check: str, value: Any, message: str, action: str) -> dict[str, Any]:
+    return {
+        "subject_id": row.get("subject_id"),
+        "session_id": row.get("session_id"),
+        "file": "" if file is None else str(file),
+        "check": check,
+        "value": "" if value is None else str(value),
+        "message": message,
+        "action": action,
+    }
+
+
+def build_cohort_table(cohort: Mapping[str, Any]) -> pd.DataFrame:
+    """Build the standard cohort table with the cohort adapter named in the parameters.
+
+    Args:
+        cohort: ``{"name": <registered cohort>, "options": {...}}`` from
+            ``parameters_data_engineering.yml``.
+
+    Returns:
+        The cohort table (see :mod:`neurokedro.cohorts.base`), with columns ``cohort`` (the
+        adapter's name) and ``synthetic`` (True for generated images).
+
+    Raises:
+        neurokedro.plugins.UnknownPluginError: for an unregistered cohort name.
+        neurokedro.cohorts.DataRootError: when the cohort's data folder is missing.
+    """
+    adapter_cls = plugins.get("cohorts", cohort["name"])
+    adapter: CohortAdapter = adapter_cls(**dict(cohort.get("options") or {}))
+    table = standardise_columns(adapter.build())
+    table["cohort"] = cohort["name"]
+    table["synthetic"] = bool(getattr(adapter, "synthetic", False))
+    if table["synthetic"].any():
+        logger.warning(
+            "Cohort %r is SYNTHETIC: images are generated, not acquired. Metrics describe the "
+            "generator, not real brains.", cohort["name"],
+        )
+    logger.info("Cohort %r: %d scans of %d subjects", cohort["name"], len(table), table["subject_id"].nunique())
+    return table
+
+
+def encode_labels(cohort_table: pd.DataFrame, labels: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Parse ages and sexes into numbers; unparseable or impossible values become findings.
+
+    Args:
+        cohort_table: the cohort table (raw ``age`` and ``sex`` columns).
+        labels: ``{"age": {"min": 0, "max": 120}, "sex_mapping": {value: "M"|"F"}}``.
+
+    Returns:
+        ``(table, findings)``: the table with ``age`` as float years and ``sex`` as float code
+        (M=0, F=1; NaN where missing or invalid), the raw values kept in ``age_raw`` and
+        ``sex_raw`` and a ``sex_label`` (``"M"``/``"F"``); and a QC table of label findings
+        (``action="label excluded"``: the scan stays, the label does not).
+    """
+    age_cfg = dict(labels.get("age") or {})
+    low, high = float(age_cfg.get("min", 0.0)), float(age_cfg.get("max", 120.0))
+    mapping = labels.get("sex_mapping")
+    table = cohort_table.copy()
+    table["age_raw"], table["sex_raw"] = table["age"], table["sex"]
+    ages, sexes, findings = [], [], []
+    for row in table.to_dict("records"):
+        for column, parse, out in (
+            ("age", lambda v: parse_age(v, low, high), ages),
+            ("sex", lambda v: parse_sex(v, mapping), sexes),
+        ):
+            try:
+                out.append(parse(row[column]))
+            except LabelError as exc:
+                out.append(np.nan)
+                findings.append(_finding(row, row.get("image_path"), f"label_{column}", row[column], str(exc), "label excluded"))
+    table["age"] = np.asarray(ages, dtype=float)
+    table["sex"] = np.asarray(sexes, dtype=float)
+    names = {code: name for name, code in SEX_CODES.items()}
+    table["sex_label"] = table["sex"].map(lambda v: names.get(int(v)) if v == v else None)
+    for column in ("age", "sex"):
+        missing = table[column].isna() & table[f"{column}_raw"].map(_is_blank)
+        for row in table[missing].to_dict("records"):
+            findings.append(_finding(row, row.get("image_path"), f"label_{column}", "", f"no {column} given", "label excluded"))
+    return table, pd.DataFrame(findings, columns=QC_COLUMNS)
+
+
+def _is_blank(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() == ""
+
+
+def check_scans(cohort_table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Quality-check every scan; exclude the unusable ones and say why.
+
+    Checks: missing file, unreadable or truncated NIfTI, not 3D, singular affine or implausible
+    voxel size, NaN/Inf voxels, constant (e.g. all-zero) image, label map missing, unreadable or
+    on another grid, duplicate (subject, session).
+
+    Args:
+        cohort_table: table from :func:`encode_labels`.
+
+    Returns:
+        ``(passed, findings)``: the rows that passed (``label_path`` set to None where only the
+        label map failed), and the QC table of findings.
+    """
+    findings: list[dict[str, Any]] = []
+    keep: list[bool] = []
+    table = cohort_table.copy()
+    duplicated = table.duplicated(subset=["subject_id", "session_id"], keep="first")
+    for i, row in enumerate(table.to_dict("records")):
+        path = row["image_path"]
+        if duplicated.iloc[i]:
+            findings.append(_finding(row, path, "duplicate_id", f"{row['subject_id']}/{row['session_id']}",
+                                     "duplicate subject/session id; the first occurrence is kept", "scan excluded"))
+            keep.append(False)
+            continue
+        problems, image = _load_and_check(path)
+        for check, message in problems:
+            findings.append(_finding(row, path, check, "", message, "scan excluded"))
+        keep.append(not problems)
+        label_path = row.get("label_path")
+        if problems or _is_blank(label_path):
+            continue
+        label_problems, label = _load_and_check(label_path, expect_content=False)
+        if not label_problems and not grids_match(image, label):
+            label_problems = [("label_grid", f"label grid {tuple(label.shape)} differs from image grid {tuple(image.shape)}")]
+        for check, message in label_problems:
+            findings.append(_finding(row, label_path, f"label_map_{check}", "", message, "label map excluded"))
+        if label_problems:
+            table.loc[table.index[i], "label_path"] = None
+    passed = table[np.asarray(keep, dtype=bool)].reset_index(drop=True)
+    if passed.empty:
+        raise EmptyCohortError(
+            f"No usable scan left after quality control ({len(table)} checked). "
+            "See data/08_reporting/qc_table.csv for the reason of each exclusion."
+        )
+    logger.info("QC: %d of %d scans passed", len(passed), len(table))
+    return passed, pd.DataFrame(findings, columns=QC_COLUMNS)
+
+
+def _load_and_check(path: Any, expect_content: bool = True) -> tuple[list[tuple[str, str]], Any]:
+    if _is_blank(path) or not Path(str(path)).is_file():
+        return [("missing_file", f"file not found: {path}")], None
+    try:
+        img = nib.load(str(path))
+    except Exception as exc:  # noqa: BLE001 - every failure to parse means 'not a readable NIfTI'
+        return [("unreadable", f"not a readable NIfTI: {type(exc).__name__}: {exc}")], None
+    problems = image_problems(img)
+    if not expect_content:
+        problems = [p for p in problems if p[0] != "empty"]
+    return problems, img
+
+
+class ScanPreprocessor:
+    """Picklable callable ``row -> PreprocessedVolume`` (worker processes receive it)."""
+
+    def __init__(self, image_paths: list[str], label_paths: list[str | None], params: Mapping[str, Any]) -> None:
+        self.image_paths = image_paths
+        self.label_paths = label_paths
+        self.params = dict(params)
+
+    def __call__(self, i: int) -> PreprocessedVolume:
+        image = nib.load(self.image_paths[i])
+        label_path = self.label_paths[i]
+        label = nib.load(label_path) if label_path else None
+        return preprocess_scan(image, label, self.params)
+
+
+def preprocess_scans(cohort_table: pd.DataFrame, preprocessing: Mapping[str, Any]) -> LazyVolumeStore:
+    """Preprocess every QC-passed scan into the volume store (lazily: one scan at a time).
+
+    Args:
+        cohort_table: rows that passed :func:`check_scans`.
+        preprocessing: ``parameters_data_engineering.yml:preprocessing`` (grid, voxel size,
+            mask, interpolation, normalisation, ``dtype``, ``n_workers``).
+
+    Returns:
+        A :class:`~neurokedro.io.volume_store.LazyVolumeStore`; the dataset computes and writes
+        the scans when saving it, so memory does not grow with the cohort. A scan that fails is
+        recorded in the store's index (``preprocess_ok=False``) and in the QC table.
+    """
+    p = {**PREPROCESSING_DEFAULTS, **dict(preprocessing)}
+    index = cohort_table.reset_index(drop=True).copy()
+    index["row"] = np.arange(len(index))
+    labels = [None if _is_blank(v) else str(v) for v in index["label_path"]]
+    compute_params = {k: p[k] for k in PREPROCESSING_DEFAULTS}
+    meta = {
+        "preprocessing": compute_params,
+        "fingerprint": _fingerprint(index, compute_params),
+        "synthetic": bool(index.get("synthetic", pd.Series([False])).any()),
+    }
+    return LazyVolumeStore(
+        index=index,
+        n_channels=1,
+        grid_shape=tuple(int(s) for s in p["grid_shape"]),
+        dtype=str(p.get("dtype", "float32")),
+        with_labels=any(labels),
+        meta=meta,
+        compute=ScanPreprocessor([str(v) for v in index["image_path"]], labels, compute_params),
+        n_workers=int(p.get("n_workers", 1)),
+    )
+
+
+def _fingerprint(index: pd.DataFrame, params: Mapping[str, Any]) -> str:
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
+    for path in list(index["image_path"]) + list(index["label_path"]):
+        if not _is_blank(path) and Path(str(path)).is_file():
+            stat = Path(str(path)).stat()
+            digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+def split_by_subject(volume_store: VolumeStore, split: Mapping[str, Any]) -> pd.DataFrame:
+    """Subject-grouped, stratified split of the preprocessed scans into train/validation/test.
+
+    All sessions of a subject go to the same set (checked after splitting). Strata combine sex
+    and age bins (quantiles) where those labels exist. A ``split`` column of the cohort table
+    (``train``/``test``) is honoured: its test scans stay the test set, validation is drawn
+    from its train scans.
+
+    Args:
+        volume_store: the store (its index holds the cohort columns and ``preprocess_ok``).
+        split: ``{"test_fraction": 0.2, "validation_fraction": 0.2, "stratify_by": ["sex", "age"],
+            "age_bins": 4, "seed": 42}``; ``validation_fraction`` is of the non-test scans.
+
+    Returns:
+        One row per usable scan: ``row``, ``subject_id``, ``session_id``, ``split``.
+
+    Raises:
+        EmptyCohortError: if no scan was preprocessed successfully.
+        AssertionError: if a subject ends up in two sets (never expected; guards regressions).
+    """
+    index = volume_store.index
+    ok = index["preprocess_ok"].astype(bool) if "preprocess_ok" in index else pd.Series(True, index=index.index)
+    scans = index[ok].reset_index(drop=True)
+    if scans.empty:
+        raise EmptyCohortError("No scan was preprocessed successfully; see data/08_reporting/qc_table.csv")
+    seed = int(split.get("seed", 42))
+    strata = _strata(scans, split.get("stratify_by", ["sex", "age"]), int(split.get("age_bins", 4)))
+    assigned = pd.Series("train", index=scans.index, dtype=object)
+    fixed = scans["split"].astype(str).str.lower() if "split" in scans else None
+    if fixed is not None and fixed.isin(["train", "test"]).any():
+        assigned[fixed == "test"] = "test"
+        logger.info("Honouring the cohort's fixed split column: %d test scans", int((fixed == "test").sum()))
+    else:
+        test = _draw(scans.index, scans["subject_id"], strata, float(split.get("test_fraction", 0.2)), seed)
+        assigned[test] = "test"
+    rest = scans.index[assigned != "test"]
+    validation = _draw(rest, scans.loc[rest, "subject_id"], strata[rest], float(split.get("validation_fraction", 0.2)), seed + 1)
+    assigned[validation] = "validation"
+    result = scans[["row", "subject_id", "session_id"]].copy()
+    result["split"] = assigned.to_numpy()
+    assert_no_subject_leakage(result)
+    logger.info("Split: %s", result["split"].value_counts().to_dict())
+    return result
+
+
+def _strata(scans: pd.DataFrame, stratify_by: list[str], age_bins: int) -> pd.Series:
+    parts = []
+    for column in stratify_by or []:
+        values = scans[column] if column in scans else pd.Series(np.nan, index=scans.index)
+        if column == "age":
+            values = pd.qcut(values, q=age_bins, labels=False, duplicates="drop") if values.notna().sum() >= age_bins else values
+        parts.append(values.astype(str))
+    if not parts:
+        return pd.Series("all", index=scans.index)
+    return pd.concat(parts, axis=1).agg("|".join, axis=1)
+
+
+def _draw(candidates: pd.Index, subjects: pd.Series, strata: pd.Series, fraction: float, seed: int) -> pd.Index:
+    """Candidates drawn as one stratified, subject-grouped fold of size ~``fraction``."""
+    if fraction <= 0 or len(candidates) == 0:
+        return candidates[:0]
+    n_subjects = subjects.nunique()
+    n_splits = int(round(1 / fraction))
+    if n_subjects < 2 or n_splits < 2:
+        raise ValueError(f"cannot draw a {fraction:.0%} subject-grouped split from {n_subjects} subject(s)")
+    n_splits = min(n_splits, n_subjects)
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    _, held_out = next(splitter.split(np.zeros(len(candidates)), strata.to_numpy(), subjects.to_numpy()))
+    return candidates[held_out]
+
+
+def assert_no_subject_leakage(splits: pd.DataFrame) -> None:
+    """Raise AssertionError if any subject appears in more than one set of ``splits``."""
+    sets_per_subject = splits.groupby("subject_id")["split"].nunique()
+    leaked = sets_per_subject[sets_per_subject > 1]
+    if not leaked.empty:
+        raise AssertionError(f"subjects in more than one split: {sorted(leaked.index)[:10]}")
+
+
+def compile_qc_table(label_findings: pd.DataFrame, scan_findings: pd.DataFrame, volume_store: VolumeStore) -> pd.DataFrame:
+    """One QC table of every finding: labels, scans and preprocessing failures.
+
+    Returns:
+        DataFrame with columns ``subject_id, session_id, file, check, value, message, action``.
+    """
+    index = volume_store.index
+    failed = index[~index["preprocess_ok"].astype(bool)] if "preprocess_ok" in index else index.iloc[:0]
+    preprocess_findings = [
+        _finding(row, row.get("image_path"), "preprocessing", "", str(row.get("preprocess_error", "")), "scan excluded")
+        for row in failed.to_dict("records")
+    ]
+    frames = [f for f in (scan_findings, label_findings, pd.DataFrame(preprocess_findings, columns=QC_COLUMNS)) if not f.empty]
+    if not frames:
+        return pd.DataFrame(columns=QC_COLUMNS)
+    return pd.concat(frames, ignore_index=True)[QC_COLUMNS]

@@ -1,0 +1,18 @@
+"""Kedro project settings."""
+
+from kedro.config import OmegaConfigLoader
+
+from neurokedro.hooks import NeuroKedroHooks
+
+# kedro-mlflow registers its own hooks through its entry point; nothing to add for it here.
+HOOKS = (NeuroKedroHooks(),)
+
+CONFIG_LOADER_CLASS = OmegaConfigLoader
+CONFIG_LOADER_ARGS = {
+    "base_env": "base",
+    "default_run_env": "local",
+    "config_patterns": {
+        "parameters": ["parameters*", "parameters*/**", "**/parameters*"],
+        "mlflow": ["mlflow*", "mlflow*/**", "**/mlflow*"],
+    },
+}

@@ -1,0 +1,47 @@
+"""Brain-age regression: chronological age in years from a T1-weighted scan.
+
+The brain-age gap (predicted minus chronological age) is the quantity of interest in the
+literature (Cole & Franke 2017, Trends Neurosci; Peng et al. 2021, Med Image Anal).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from torch import nn
+
+from neurokedro.evaluation.regression import regression_metrics
+from neurokedro.tasks.base import Task
+
+
+def _age_metrics(predictions: pd.DataFrame) -> dict[str, float]:
+    return regression_metrics(predictions["chronological_age"], predictions["predicted_age"])
+
+
+def _describe(table: pd.DataFrame, y_pred: np.ndarray) -> pd.DataFrame:
+    out = pd.DataFrame(
+        {
+            "chronological_age": pd.to_numeric(table["age"], errors="coerce").to_numpy(float),
+            "predicted_age": np.asarray(y_pred, dtype=float).ravel(),
+        },
+        index=table.index,
+    )
+    out["brain_age_gap"] = out["predicted_age"] - out["chronological_age"]
+    return out
+
+
+AGE_REGRESSION = Task(
+    name="age_regression",
+    kind="regression",
+    target="age",
+    out_size=1,
+    default_model="sfcn",
+    make_loss=lambda **_: nn.MSELoss(),
+    compute_metrics=_age_metrics,
+    describe_predictions=_describe,
+    standardise_target=True,
+    target_unit="years",
+    headline_metric="mae",
+    headline_mode="min",
+    report_items=("predicted_vs_chronological", "learning_curves"),
+)

@@ -1,0 +1,83 @@
+"""What a task is: its target, its kind, its loss, its metrics and its default model.
+
+A task plugin (entry-point group ``neurokedro.tasks``) is a :class:`Task` instance. The
+modelling and reporting pipelines are generic; everything task-specific comes from here, so a
+new task is one module plus one entry point, and ``kedro run --pipeline <task>`` exists for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from torch import nn
+
+from neurokedro import plugins
+
+TaskKind = Literal["regression", "classification", "segmentation", "reconstruction"]
+
+
+@dataclass(frozen=True)
+class Task:
+    """A learning task on the volume store.
+
+    Attributes:
+        name: registry name, also the pipeline name and namespace (``age_regression``).
+        kind: ``"regression"``, ``"classification"``, ``"segmentation"`` or ``"reconstruction"``.
+        target: cohort-table column holding the target (``"age"``); rows where it is missing
+            are left out of this task and listed in its QC findings.
+        out_size: number of model outputs.
+        default_model: registered model used when the parameters name none.
+        make_loss: factory of the training loss (called with the task's loss parameters).
+        compute_metrics: predictions table -> ``{metric: value}`` on the rows given.
+        describe_predictions: ``(table, y_pred) -> DataFrame`` of per-scan predictions with the
+            task's columns (e.g. predicted age and brain-age gap).
+        standardise_target: train on ``(y - mean) / sd`` of the training set (regression).
+        target_unit: unit of the target for plots and reports (``"years"``).
+        headline_metric: metric used for early stopping, checkpoints and summaries.
+        headline_mode: ``"min"`` or ``"max"`` for the headline metric.
+    """
+
+    name: str
+    kind: TaskKind
+    target: str | None
+    out_size: int
+    default_model: str
+    make_loss: Callable[..., nn.Module]
+    compute_metrics: Callable[[pd.DataFrame], dict[str, float]]
+    describe_predictions: Callable[[pd.DataFrame, np.ndarray], pd.DataFrame]
+    standardise_target: bool = False
+    target_unit: str = ""
+    headline_metric: str = "mae"
+    headline_mode: Literal["min", "max"] = "min"
+    report_items: tuple[str, ...] = field(default_factory=tuple)
+
+    def target_values(self, table: pd.DataFrame) -> np.ndarray:
+        """(N,) float32 target of each row of ``table`` (NaN where missing)."""
+        if self.target is None:
+            return np.full(len(table), np.nan, dtype=np.float32)
+        return pd.to_numeric(table[self.target], errors="coerce").to_numpy(dtype=np.float32)
+
+    def model_spec(self, model_params: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The model spec ``{"name", "params"}`` with the task's default model filled in."""
+        spec = dict(model_params or {})
+        spec.setdefault("name", self.default_model)
+        spec.setdefault("params", {})
+        return spec
+
+
+def get_task(name: str) -> Task:
+    """The registered task ``name``.
+
+    Raises:
+        neurokedro.plugins.UnknownPluginError: if no task of that name is registered (the message
+            lists the registered tasks).
+        TypeError: if the entry point does not refer to a :class:`Task`.
+    """
+    task = plugins.get("tasks", name)
+    if not isinstance(task, Task):
+        raise TypeError(f"The task plugin {name!r} is a {type(task).__name__}, not a neurokedro Task")
+    return task

@@ -1,0 +1,1 @@
+"""The Lightning training loop shared by every task: data, module, callbacks, fit."""

@@ -1,0 +1,156 @@
+"""Fit a network to a task on rows of the volume store, and predict with it."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from torch import nn
+from torch.utils.data import DataLoader
+
+from neurokedro.tasks.base import Task
+from neurokedro.training.callbacks import MetricHistory
+from neurokedro.training.data import VolumeDataset, build_augmentation
+from neurokedro.training.module import TargetScaler, TaskModule
+
+logger = logging.getLogger(__name__)
+
+
+def fit(
+    net: nn.Module,
+    task: Task,
+    images: np.ndarray,
+    train_rows: np.ndarray,
+    train_targets: np.ndarray,
+    val_rows: np.ndarray,
+    val_targets: np.ndarray,
+    params: Mapping[str, Any],
+    mlflow_prefix: str = "",
+) -> tuple[nn.Module, pd.DataFrame]:
+    """Train ``net`` with Lightning and return the best-validation model and its history.
+
+    Training: AdamW, linear LR warm-up then cosine (or step) decay, gradient-norm clipping,
+    MONAI augmentation on training samples only, early stopping and best-checkpoint selection on
+    validation MAE in the target's unit, seeded with ``lightning.seed_everything``.
+
+    Args:
+        net: network ``(B, C, D, H, W) -> (B, task.out_size)``.
+        task: the task (loss, target standardisation).
+        images: the volume store's ``(N, C, D, H, W)`` array (memory-mapped).
+        train_rows, val_rows: indices along N, int (M,).
+        train_targets, val_targets: float32 (M,) targets in the task's unit (e.g. years).
+        params: the ``training`` parameters (see ``conf/base/parameters_<task>.yml``): ``seed``,
+            ``max_epochs``, ``batch_size``, ``num_workers``, ``precision``,
+            ``gradient_clip_val``, ``early_stopping``, ``optimiser``, ``augmentation``,
+            ``checkpoint_dir``, ``accelerator``, ``devices``, ``deterministic``.
+        mlflow_prefix: prefix of the per-epoch metric names logged to MLflow.
+
+    Returns:
+        ``(model, history)``: the model with the best validation weights, wrapped to output the
+        target in its own unit (:class:`TargetScaler` for standardised regression), in eval
+        mode on the CPU; and one row per epoch of logged metrics.
+
+    Raises:
+        ValueError: with no training or no validation rows.
+    """
+    if len(train_rows) == 0 or len(val_rows) == 0:
+        raise ValueError(f"need training and validation rows; got {len(train_rows)} and {len(val_rows)}")
+    L.seed_everything(int(params.get("seed", 42)), workers=True, verbose=False)
+    train_targets = np.asarray(train_targets, dtype=np.float32)
+    val_targets = np.asarray(val_targets, dtype=np.float32)
+    mean, sd = 0.0, 1.0
+    if task.standardise_target:
+        mean, sd = float(train_targets.mean()), float(train_targets.std() or 1.0)
+
+    def scaled(y: np.ndarray) -> np.ndarray:
+        return ((y - mean) / sd).astype(np.float32)
+
+    batch_size = int(params.get("batch_size", 8))
+    workers = int(params.get("num_workers", 0))
+    loader_args = {"num_workers": workers, "persistent_workers": workers > 0}
+    train_loader = DataLoader(
+        VolumeDataset(images, train_rows, scaled(train_targets), build_augmentation(params.get("augmentation"))),
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=len(train_rows) > batch_size,
+        **loader_args,
+    )
+    val_loader = DataLoader(
+        VolumeDataset(images, val_rows, scaled(val_targets)), batch_size=batch_size, shuffle=False, **loader_args
+    )
+    max_epochs = int(params.get("max_epochs", 30))
+    module = TaskModule(
+        net, task, params.get("optimiser", {}), max_epochs, mean, sd, loss_params=params.get("loss")
+    )
+    monitor = f"val_{task.headline_metric}"
+    stopping = dict(params.get("early_stopping") or {})
+    history = MetricHistory(prefix=mlflow_prefix)
+    checkpoint_root = params.get("checkpoint_dir")
+    with tempfile.TemporaryDirectory(prefix="neurokedro-ckpt-") as scratch:
+        checkpoint_dir = Path(checkpoint_root) if checkpoint_root else Path(scratch)
+        checkpoint = ModelCheckpoint(
+            dirpath=checkpoint_dir, filename="best", monitor=monitor, mode=task.headline_mode, save_top_k=1,
+            save_last=True, enable_version_counter=False,
+        )
+        callbacks: list[L.Callback] = [checkpoint, history]
+        if stopping.get("enabled", True):
+            callbacks.append(
+                EarlyStopping(
+                    monitor=monitor, mode=task.headline_mode, patience=int(stopping.get("patience", 10)),
+                    min_delta=float(stopping.get("min_delta", 0.0)),
+                )
+            )
+        trainer = L.Trainer(
+            max_epochs=max_epochs,
+            accelerator=params.get("accelerator", "auto"),
+            devices=params.get("devices", "auto"),
+            precision=params.get("precision", "32-true"),
+            gradient_clip_val=params.get("gradient_clip_val", 1.0),
+            callbacks=callbacks,
+            logger=False,
+            enable_progress_bar=bool(params.get("progress_bar", True)),
+            enable_model_summary=False,
+            deterministic=params.get("deterministic", False),
+            num_sanity_val_steps=0,
+            default_root_dir=str(checkpoint_dir),
+        )
+        trainer.fit(module, train_loader, val_loader)
+        best = checkpoint.best_model_path
+        if best:
+            state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+            module.load_state_dict(state)
+            logger.info("Best %s = %.4g (checkpoint %s)", monitor, float(checkpoint.best_model_score), best)
+    model: nn.Module = module.net.cpu().eval()
+    if task.standardise_target:
+        model = TargetScaler(model, mean, sd).eval()
+    return model, history.to_frame()
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: np.ndarray, rows: np.ndarray, batch_size: int = 8) -> np.ndarray:
+    """Run ``model`` on rows of the volume store.
+
+    Args:
+        model: ``(B, C, D, H, W) -> (B, K)``, already in the target's unit.
+        images: ``(N, C, D, H, W)`` array.
+        rows: indices along N.
+        batch_size: samples per forward pass.
+
+    Returns:
+        float32 ``(len(rows), K)`` outputs (``(len(rows),)`` when K is 1).
+    """
+    model = model.eval()
+    dataset = VolumeDataset(images, rows)
+    outputs = [model(x).float().cpu() for x, _ in DataLoader(dataset, batch_size=batch_size)]
+    if not outputs:
+        return np.zeros((0,), dtype=np.float32)
+    out = torch.cat(outputs).numpy()
+    return out[:, 0] if out.ndim == 2 and out.shape[1] == 1 else out

@@ -1,0 +1,39 @@
+import pandas as pd
+import pytest
+
+from neurokedro.cohorts.base import DataRootError
+from neurokedro.cohorts.table import TableCohort
+
+
+def test_table_cohort_maps_columns_and_templates(tmp_path):
+    pd.DataFrame({"ID": ["a1", "b2"], "Years": ["30", "22-25"], "Gender": ["M", "2"], "Scanner": ["X", "Y"]}).to_csv(
+        tmp_path / "labels.csv", index=False
+    )
+    cohort = TableCohort(
+        table="labels.csv",
+        columns={"subject_id": "ID", "age": "Years", "sex": "Gender", "site": "Scanner"},
+        image_template="t1/{ID}.nii.gz",
+        label_template="seg/{ID}_seg.nii.gz",
+        data_root=str(tmp_path),
+    ).build()
+    assert list(cohort["subject_id"]) == ["a1", "b2"]
+    assert list(cohort["age"]) == ["30", "22-25"]  # parsed later, by encode_labels
+    assert list(cohort["site"]) == ["X", "Y"]
+    assert cohort.loc[1, "image_path"] == str(tmp_path.resolve() / "t1" / "b2.nii.gz")
+    assert cohort.loc[0, "label_path"].endswith("seg/a1_seg.nii.gz")
+
+
+def test_table_cohort_env_var_overrides_root_and_missing_root_says_what_to_set(tmp_path, monkeypatch):
+    pd.DataFrame({"subject_id": ["s"]}).to_csv(tmp_path / "t.csv", index=False)
+    monkeypatch.setenv("MY_ROOT", str(tmp_path))
+    built = TableCohort(table="t.csv", image_template="{subject_id}.nii", data_root="/nonexistent", data_root_env="MY_ROOT").build()
+    assert built.loc[0, "image_path"] == str(tmp_path.resolve() / "s.nii")
+    monkeypatch.setenv("MY_ROOT", str(tmp_path / "missing"))
+    with pytest.raises(DataRootError, match="MY_ROOT"):
+        TableCohort(table="t.csv", image_template="{subject_id}.nii", data_root_env="MY_ROOT").build()
+
+
+def test_table_cohort_unknown_template_column_is_a_clear_error(tmp_path):
+    pd.DataFrame({"subject_id": ["s"]}).to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(KeyError, match="no column 'MRID'"):
+        TableCohort(table="t.csv", image_template="{MRID}.nii", data_root=str(tmp_path)).build()

@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny synthetic volumes, and the real IXI data when ../shared is present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+IXI_DIR = Path(os.environ.get("NEUROKEDRO_IXI_DIR", PROJECT_ROOT.parent / "shared" / "data" / "ixi_hh"))
+
+os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(scope="session")
+def ixi_dir() -> Path:
+    """The real IXI 2 mm cohort (``../shared/data/ixi_hh``); tests using it skip, saying why, without it."""
+    if not (IXI_DIR / "demographics.csv").is_file():
+        pytest.skip(f"real IXI data not found at {IXI_DIR} (set NEUROKEDRO_IXI_DIR)")
+    return IXI_DIR
+
+
+def make_head(shape=(16, 16, 16), voxel_mm=2.0, seed=0, orientation="RAS") -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
+    """A tiny synthetic head: an ellipsoid 'brain' (labels 1..3 in shells) inside a noisy background.
+
+    Returns ``(image, label_map)`` on the same grid; ``orientation="PSR"`` permutes axes like IXI.
+    """
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
+    radius = np.sqrt((grid**2).sum(0))
+    label = np.zeros(shape, dtype=np.uint8)
+    label[radius < 0.8] = 1
+    label[radius < 0.6] = 2
+    label[radius < 0.35] = 3
+    image = (np.choose(label, [0.0, 30.0, 70.0, 110.0]) + rng.normal(0, 2, shape)).astype(np.float32)
+    affine = np.diag([voxel_mm, voxel_mm, voxel_mm, 1.0])
+    affine[:3, 3] = -voxel_mm * (np.asarray(shape) - 1) / 2
+    if orientation == "PSR":
+        # voxel axes (i, j, k) -> (P, S, R): a permutation and flip of RAS, as IXI's headers have
+        perm = np.array([[0, 0, 1, 0], [-1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1]], dtype=float)
+        affine = perm @ affine
+    return nib.Nifti1Image(image, affine), nib.Nifti1Image(label, affine)
+
+
+@pytest.fixture
+def head():
+    return make_head()

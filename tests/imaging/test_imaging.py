@@ -1,0 +1,83 @@
+from types import SimpleNamespace
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import make_head
+
+from neurokedro.imaging.checks import image_problems
+from neurokedro.imaging.intensity import normalise_intensity
+from neurokedro.imaging.preprocess import preprocess_scan
+from neurokedro.imaging.spatial import brain_mask, crop_grid, mask_bounding_box_mm, reorient_to_ras
+
+
+def test_reorient_to_ras_from_ixi_like_psr_keeps_world_positions():
+    image, _ = make_head(shape=(12, 14, 10), orientation="PSR")
+    assert nib.aff2axcodes(image.affine) == ("P", "S", "R")
+    ras = reorient_to_ras(image)
+    assert nib.aff2axcodes(ras.affine) == ("R", "A", "S")
+    # the same world point holds the same value before and after
+    vox = np.array([3, 5, 7])
+    world = nib.affines.apply_affine(image.affine, vox)
+    ras_vox = np.rint(nib.affines.apply_affine(np.linalg.inv(ras.affine), world)).astype(int)
+    assert image.get_fdata()[tuple(vox)] == ras.get_fdata()[tuple(ras_vox)]
+
+
+def test_image_problems_flags_each_defect():
+    image, _ = make_head()
+    assert image_problems(image) == []
+    data = image.get_fdata().astype(np.float32)
+    data[0, 0, 0] = np.nan
+    assert [c for c, _ in image_problems(nib.Nifti1Image(data, image.affine))] == ["non_finite"]
+    assert [c for c, _ in image_problems(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), image.affine))] == ["empty"]
+    assert [c for c, _ in image_problems(nib.Nifti1Image(np.ones((8, 8, 8, 3), np.float32), image.affine))] == ["dimensionality"]
+    # nibabel refuses to build a singular affine, but headers on disk can carry one
+    singular = SimpleNamespace(shape=data.shape, affine=np.zeros((4, 4)), dataobj=data)
+    assert [c for c, _ in image_problems(singular)] == ["affine"]
+    assert [c for c, _ in image_problems(nib.Nifti1Image(np.ones((8, 8, 8), np.float32) * np.arange(8), np.diag([90, 90, 90, 1.0])))] == ["voxel_size"]
+
+
+def test_crop_grid_centres_on_brain_with_fixed_voxel_size():
+    image, label = make_head(shape=(20, 20, 20), voxel_mm=2.0)
+    mask = brain_mask(image, label)
+    affine = crop_grid(mask, (8, 8, 8), voxel_size_mm=3.0)
+    low, high = mask_bounding_box_mm(mask)
+    centre = nib.affines.apply_affine(affine, np.array([3.5, 3.5, 3.5]))
+    np.testing.assert_allclose(centre, (low + high) / 2, atol=1e-6)
+    np.testing.assert_allclose(np.diag(affine)[:3], [3.0, 3.0, 3.0])
+    fitted = crop_grid(mask, (8, 8, 8), voxel_size_mm=None, margin_mm=0.0)
+    assert fitted[0, 0] == pytest.approx(np.max(high - low) / 8)
+
+
+def test_normalise_intensity_zscore_inside_mask():
+    rng = np.random.default_rng(0)
+    data = rng.normal(100, 20, (10, 10, 10)).astype(np.float32)
+    mask = np.zeros_like(data, dtype=bool)
+    mask[2:8, 2:8, 2:8] = True
+    out = normalise_intensity(data, mask, clip=None)
+    assert out[mask].mean() == pytest.approx(0, abs=1e-5)
+    assert out[mask].std() == pytest.approx(1, abs=1e-4)
+    assert np.all(out[~mask] == 0)
+    with pytest.raises(ValueError, match="empty"):
+        normalise_intensity(data, np.zeros_like(mask))
+
+
+def test_preprocess_scan_shapes_affine_and_labels():
+    image, label = make_head(shape=(24, 28, 20), orientation="PSR")
+    out = preprocess_scan(image, label, {"grid_shape": [16, 16, 16], "voxel_size_mm": 2.5})
+    assert out.image.shape == (1, 16, 16, 16) and out.image.dtype == np.float32
+    assert out.label.shape == (16, 16, 16) and out.label.dtype == np.int16
+    assert set(np.unique(out.label)) <= {0, 1, 2, 3}
+    assert nib.aff2axcodes(out.affine) == ("R", "A", "S")
+    brain = out.label > 0
+    assert out.image[0][brain].mean() == pytest.approx(0, abs=1e-4)
+    assert np.all(out.image[0][~brain] == 0)
+    # WM (label 3) is brightest after normalisation, as in the input
+    assert out.image[0][out.label == 3].mean() > out.image[0][out.label == 1].mean()
+
+
+def test_preprocess_scan_rejects_label_on_another_grid():
+    image, _ = make_head(shape=(16, 16, 16))
+    _, other = make_head(shape=(18, 16, 16))
+    with pytest.raises(ValueError, match="does not match"):
+        preprocess_scan(image, other, {"grid_shape": [8, 8, 8]})

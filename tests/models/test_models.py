@@ -1,0 +1,141 @@
+"""Built-in networks: shapes, training signal, registry lookup and input checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from neurokedro import plugins
+from neurokedro.models import build_model
+from neurokedro.models.resnet3d import ResNet3D, build_resnet3d
+from neurokedro.models.sfcn import SFCN, build_sfcn
+
+FACTORIES = {"sfcn": build_sfcn, "resnet3d": build_resnet3d}
+# Narrow networks where the test is about wiring, not capacity: keeps the suite fast on 2 cores.
+SMALL = {
+    "sfcn": {"channels": (4, 8, 8, 8, 8, 4)},
+    "resnet3d": {"channels": (4, 8, 8), "blocks_per_stage": (1, 1, 1)},
+}
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+@pytest.mark.parametrize("spatial", [(32, 32, 32), (40, 48, 40)], ids=["cubic", "non-cubic"])
+def test_forward_shape_default_width(name, spatial):
+    model = FACTORIES[name]((1, *spatial), 3).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 1, *spatial))
+    assert out.shape == (2, 3)
+    assert out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_channels_last_3d_matches_contiguous(name):
+    model = FACTORIES[name]((2, 32, 32, 32), 1, **SMALL[name]).eval()
+    x = torch.randn(2, 2, 32, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+        model_cl = model.to(memory_format=torch.channels_last_3d)
+        got = model_cl(x.to(memory_format=torch.channels_last_3d))
+    assert got.shape == (2, 1)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_gradients_finite_and_nonzero_on_every_parameter(name):
+    model = FACTORIES[name]((1, 32, 32, 32), 1, **SMALL[name]).train()
+    loss = torch.nn.functional.mse_loss(model(torch.randn(4, 1, 32, 32, 32)), torch.randn(4, 1))
+    loss.backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, pname
+        assert torch.isfinite(p.grad).all(), pname
+        assert p.grad.abs().sum() > 0, pname
+
+
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_optimisation_step_reduces_loss(name):
+    model = FACTORIES[name]((1, 32, 32, 32), 1, dropout=0.0, **SMALL[name]).train()
+    x, y = torch.randn(4, 1, 32, 32, 32), torch.full((4, 1), 3.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+
+    def loss_now():
+        return torch.nn.functional.mse_loss(model(x), y)
+
+    before = loss_now()
+    opt.zero_grad()
+    before.backward()
+    opt.step()
+    with torch.no_grad():
+        after = loss_now()
+    assert after.item() < before.item()
+
+
+def test_build_model_by_name_passes_params():
+    model = build_model(
+        {"name": "sfcn", "params": {"channels": [8, 8, 8, 8, 8, 4], "dropout": 0.1}},
+        (1, 32, 32, 32),
+        2,
+    ).eval()
+    assert isinstance(model, SFCN)
+    assert model.classifier[1].p == 0.1
+    assert model(torch.randn(1, 1, 32, 32, 32)).shape == (1, 2)
+    assert isinstance(build_model({"name": "resnet3d"}, (1, 32, 32, 32), 1), ResNet3D)
+
+
+def test_unknown_model_lists_registered_names():
+    with pytest.raises(plugins.UnknownPluginError) as info:
+        build_model({"name": "no_such_net"}, (1, 32, 32, 32), 1)
+    message = str(info.value)
+    assert "no_such_net" in message
+    assert "resnet3d" in message and "sfcn" in message
+
+
+def test_unknown_param_is_a_type_error():
+    with pytest.raises(TypeError):
+        build_model({"name": "sfcn", "params": {"widht": 3}}, (1, 32, 32, 32), 1)
+
+
+@pytest.mark.parametrize(
+    ("name", "in_shape", "params"),
+    [
+        ("sfcn", (1, 32, 31, 32), {}),  # 5 max-pools need 32 voxels per axis
+        ("sfcn", (1, 15, 16, 16), {"channels": (8, 8, 8, 8, 8)}),  # 4 max-pools need 16
+        ("resnet3d", (1, 15, 64, 64), {}),  # stem 2 x pool 2 x stages 2 x 2 = 16
+        ("resnet3d", (1, 8, 8, 7), {"stem_pool": False}),  # 2 x 2 x 2 = 8
+    ],
+)
+def test_too_small_input_raises_value_error(name, in_shape, params):
+    with pytest.raises(ValueError, match="too small"):
+        FACTORIES[name](in_shape, 1, **params)
+
+
+def test_smallest_valid_input_builds_and_runs():
+    model = build_sfcn((1, 16, 16, 16), 1, channels=(4, 4, 4, 4, 4)).eval()
+    assert model(torch.randn(1, 1, 16, 16, 16)).shape == (1, 1)
+    model = build_resnet3d((1, 16, 16, 16), 1, **SMALL["resnet3d"]).eval()
+    assert model(torch.randn(1, 1, 16, 16, 16)).shape == (1, 1)
+
+
+def test_in_shape_must_have_a_channel_axis():
+    with pytest.raises(ValueError, match=r"\(C, D, H, W\)"):
+        build_sfcn((32, 32, 32), 1)
+    with pytest.raises(ValueError, match=r"\(C, D, H, W\)"):
+        build_resnet3d((32, 32, 32), 1)
+
+
+def test_parameter_counts_are_in_the_expected_range():
+    # Peng et al. 2021 report about 3 M parameters for SFCN.
+    assert 2.8e6 < n_params(build_sfcn((1, 64, 64, 64), 1)) < 3.1e6
+    assert 0.6e6 < n_params(build_sfcn((1, 64, 64, 64), 1, channels=(16, 32, 64, 128, 128, 32))) < 0.9e6
+    assert 1.5e6 < n_params(build_resnet3d((1, 64, 64, 64), 1)) < 2.5e6
+    # The head grows with out_size only, not with the input size.
+    assert n_params(build_sfcn((1, 64, 64, 64), 1)) == n_params(build_sfcn((1, 160, 192, 160), 1))
