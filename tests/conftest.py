@@ -50,3 +50,39 @@ def make_head(shape=(16, 16, 16), voxel_mm=2.0, seed=0, orientation="RAS") -> tu
 @pytest.fixture
 def head():
     return make_head()
+
+
+@pytest.fixture
+def kedro_project(tmp_path, monkeypatch):
+    """A throw-away copy of the project's configuration in ``tmp_path``, as the working directory.
+
+    Returns ``run(pipeline, env=None, params=None) -> Path``: runs ``kedro run`` in-process there
+    (data/, mlflow.db and mlruns/ land in the copy, never in the real project) and returns the
+    copy's root.
+    """
+    import shutil
+
+    root = tmp_path / "project"
+    root.mkdir()
+    shutil.copy(PROJECT_ROOT / "pyproject.toml", root)
+    shutil.copy(PROJECT_ROOT / ".telemetry", root)
+    for env in ("base", "ixi"):
+        shutil.copytree(PROJECT_ROOT / "conf" / env, root / "conf" / env)
+    (root / "conf" / "local").mkdir()
+    (root / "src").mkdir()  # bootstrap_project wants it; the package itself is installed
+    monkeypatch.chdir(root)
+
+    def run(pipeline: str, env: str | None = None, params: dict | None = None) -> Path:
+        from kedro.framework.session import KedroSession
+        from kedro.framework.startup import bootstrap_project
+
+        bootstrap_project(root)
+        with KedroSession.create(project_path=root, env=env, runtime_params=params or {}) as session:
+            session.run(pipeline_names=[pipeline])
+        return root
+
+    yield run
+    import mlflow
+
+    while mlflow.active_run() is not None:  # never leak a run into the next test
+        mlflow.end_run()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -201,8 +202,9 @@ def test_lazy_save_records_failed_rows_and_keeps_the_others(tmp_path, caplog):
     assert [errors[i] for i in (0, 1, 3, 5)] == ["", "", "", ""]
     for i in (2, 4):
         assert not store.images[i].any()
-        assert not store.labels[i].any()
+        assert (store.labels[i] == -1).all()  # no class, not background
         assert np.isnan(store.affines[i]).all()
+    assert store.index["has_label"].tolist() == [True, True, False, True, False, True]
     for i in (0, 1, 3, 5):
         np.testing.assert_array_equal(store.images[i], volume(i).image)
         np.testing.assert_array_equal(store.labels[i, 0], volume(i).label)
@@ -220,8 +222,8 @@ def test_lazy_save_records_failed_rows_and_keeps_the_others(tmp_path, caplog):
          "ValueError: image has NaN or infinite voxels"),
         (PreprocessedVolume(np.full((1, *GRID), 1e6, np.float32), np.eye(4), np.zeros(GRID, int)),
          "after casting to float16"),
-        (PreprocessedVolume(np.zeros((1, *GRID), np.float32), np.eye(4), None),
-         "label is None but the store has labels"),
+        (PreprocessedVolume(np.zeros((1, *GRID), np.float32), np.eye(4), np.zeros((8, 8, 8))),
+         "label shape (8, 8, 8) does not match"),
         (PreprocessedVolume(np.zeros((1, *GRID), np.float32), np.eye(4), np.full(GRID, 40000)),
          "do not fit int16"),
         (PreprocessedVolume(np.zeros((1, *GRID), np.float32), np.eye(4), np.full(GRID, 0.5)),
@@ -241,6 +243,21 @@ def test_lazy_invalid_rows_are_per_row_errors(tmp_path, bad, message):
     assert store.index["preprocess_ok"].tolist() == [True, False, True]
     assert message in store.index["preprocess_error"][1]
     np.testing.assert_array_equal(store.images[2], volume(2).image.astype(np.float16))
+
+
+def test_volumes_without_label_map_are_kept_with_minus_one(tmp_path):
+    """A cohort where only some scans have a label map (e.g. manual segmentations)."""
+    lazy = lazy_store(n=4)
+    good = lazy.compute
+    lazy.compute = lambda i: PreprocessedVolume(good(i).image, affine_for(i)) if i % 2 else good(i)
+    ds = VolumeStoreDataset(filepath=str(tmp_path / "store"))
+    ds.save(lazy)
+    store = ds.load()
+    assert store.index["preprocess_ok"].all()
+    assert store.index["has_label"].tolist() == [True, False, True, False]
+    assert (store.labels[1] == -1).all()
+    np.testing.assert_array_equal(store.labels[2, 0], volume(2).label)
+    np.testing.assert_array_equal(store.images[1], volume(1).image)
 
 
 def test_multichannel_images_and_float_label_maps(tmp_path):
@@ -269,6 +286,20 @@ def test_parallel_save_gives_identical_bytes(tmp_path):
     store = VolumeStoreDataset(filepath=str(parallel)).load()
     assert store.index["preprocess_error"][3] == "RuntimeError: registration diverged"
     np.testing.assert_array_equal(store.images[6], volume(6).image)
+
+
+def test_dead_worker_process_is_a_clear_error_and_keeps_the_old_store(tmp_path):
+    path = tmp_path / "store"
+    ds = VolumeStoreDataset(filepath=str(path))
+    ds.save(eager_store())
+    before = folder_digest(path)
+    lazy = lazy_store(n=6, n_workers=2)
+    good = lazy.compute
+    lazy.compute = lambda i: os._exit(1) if i == 2 else good(i)  # like the OOM killer
+    with pytest.raises(DatasetError, match="worker process died"):
+        ds.save(lazy)
+    assert folder_digest(path) == before
+    assert siblings(path) == ["store"]
 
 
 def test_lazy_save_memory_stays_flat(tmp_path):

@@ -45,7 +45,7 @@ class DataRootError(FileNotFoundError):
 class CohortAdapter(ABC):
     """Base class of a cohort plugin (entry-point group ``neurokedro.cohorts``).
 
-    A subclass is constructed with the keyword options given under ``cohort.options`` in
+    A subclass is constructed with the keyword options given under ``cohort.<name>`` in
     ``parameters_data_engineering.yml`` and returns the standard cohort table from
     :meth:`build`.
 

@@ -29,7 +29,7 @@ class TableCohort(CohortAdapter):
 
         cohort:
           name: table
-          options:
+          table:
             data_root: ../shared/data/ixi_hh
             data_root_env: NEUROKEDRO_IXI_DIR
             table: demographics.csv
@@ -82,12 +82,12 @@ class TableCohort(CohortAdapter):
         from_env = os.environ.get(self.data_root_env) if self.data_root_env else None
         root = Path(from_env or self.data_root).expanduser()
         if not root.is_dir():
-            how = f"set {self.data_root_env} to the folder" if self.data_root_env else "set cohort.options.data_root"
-            source = f"${self.data_root_env}" if from_env else "cohort.options.data_root"
+            how = f"set {self.data_root_env} to the folder" if self.data_root_env else "set cohort.table.data_root"
+            source = f"${self.data_root_env}" if from_env else "cohort.table.data_root"
             raise DataRootError(
                 f"Cohort data folder {str(root)!r} (from {source}) does not exist. "
                 f"{how.capitalize()} that holds {self.table!r} and the images, "
-                "or edit cohort.options.data_root in the environment's parameters_data_engineering.yml."
+                "or edit cohort.table.data_root in the environment's parameters_data_engineering.yml."
             )
         return root.resolve()
 

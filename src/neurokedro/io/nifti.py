@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import io
 import os
 import zlib
 from copy import deepcopy
@@ -74,8 +73,8 @@ class NiftiDataset(AbstractVersionedDataset[nib.Nifti1Image, nib.Nifti1Image]):
             >>> img = nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.diag([2, 2, 2, 1]))
             >>> ds = NiftiDataset(filepath=tmp_path / "scan.nii.gz")
             >>> ds.save(img)
-            >>> ds.load().header.get_zooms()
-            (2.0, 2.0, 2.0)
+            >>> [float(z) for z in ds.load().header.get_zooms()]
+            [2.0, 2.0, 2.0]
     """
 
     # gzip level 6 (zlib's default) costs little over level 1 on MRI volumes and saves space;

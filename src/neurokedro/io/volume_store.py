@@ -28,6 +28,7 @@ import logging
 import multiprocessing as mp
 import operator
 import os
+import pickle
 import shutil
 import tempfile
 import uuid
@@ -61,6 +62,7 @@ FORMAT_NAME = "neurokedro.volume_store"
 FORMAT_VERSION = 1
 IMAGE_DTYPES = ("float16", "float32")
 LABEL_DTYPE = np.int16
+NO_LABEL = -1  # label value of voxels of a volume that has no label map
 
 _INT16_MIN, _INT16_MAX = np.iinfo(np.int16).min, np.iinfo(np.int16).max
 
@@ -101,7 +103,8 @@ class VolumeStore:
             :class:`VolumeStoreDataset`.
         affines: ``(N, 4, 4)`` float64, voxel index -> RAS mm for each volume. Rows whose
             preprocessing failed hold NaN.
-        labels: ``(N, 1, D, H, W)`` integer label maps (int16 on disk), or None.
+        labels: ``(N, 1, D, H, W)`` integer label maps (int16 on disk), or None. -1 marks a
+            volume without a label map (see :class:`LazyVolumeStore`).
         meta: JSON-serialisable metadata (preprocessing parameters, fingerprint, ...).
 
     Raises:
@@ -273,9 +276,10 @@ class LazyVolumeStore:
 
     A row whose ``compute`` raises an ``Exception`` (or returns an image of the wrong shape,
     non-finite voxels, or a label map that does not fit int16) does not stop the save: its image
-    stays zero, its affine NaN, and the written index records ``preprocess_ok=False`` and
-    ``preprocess_error="<ExceptionType>: <message>"``. ``KeyboardInterrupt`` and other
-    ``BaseException``s abort the save and leave any previous store untouched.
+    stays zero, its affine NaN, its label map (if any) -1, and the written index records
+    ``preprocess_ok=False`` and ``preprocess_error="<ExceptionType>: <message>"`` (empty string
+    for the rows that succeeded). ``KeyboardInterrupt`` and other ``BaseException``s abort the
+    save and leave any previous store untouched.
 
     Attributes:
         index: One row per volume to compute, in output order; ``compute(i)`` is called with the
@@ -284,8 +288,10 @@ class LazyVolumeStore:
         grid_shape: ``(D, H, W)`` voxel grid every image and label map must have.
         dtype: ``"float16"`` (half the disk and page-cache footprint; fine for normalised
             intensities with |x| < 65504) or ``"float32"``.
-        with_labels: Whether ``compute`` returns label maps to store in ``labels.npy``. When
-            False, returned labels are ignored.
+        with_labels: Whether to store label maps in ``labels.npy``. A volume returned with
+            ``label=None`` is not an error: its label map is filled with -1 (no class) and the
+            index column ``has_label`` (added when ``with_labels``) is False. When
+            ``with_labels`` is False, returned labels are ignored.
         meta: JSON-serialisable metadata stored in ``meta.json`` (preprocessing parameters,
             fingerprint, ...).
         compute: ``i -> PreprocessedVolume``; may raise for a bad scan. With ``n_workers > 1``
@@ -559,13 +565,20 @@ class _StoreFiles:
 
     def __init__(self, folder: Path, n: int, spec: _RowSpec) -> None:
         self.folder = folder
+        # open_memmap writes a standard .npy header, so np.load(mmap_mode="r") reads it back;
+        # the file starts sparse (all zeros), which is what failed rows keep.
         self.images = np.lib.format.open_memmap(
-            folder / "images.npy", mode="w+", dtype=spec.dtype,
+            folder / "images.npy",
+            mode="w+",
+            dtype=spec.dtype,
             shape=(n, spec.n_channels, *spec.grid_shape),
         )
         self.labels = (
             np.lib.format.open_memmap(
-                folder / "labels.npy", mode="w+", dtype=LABEL_DTYPE, shape=(n, 1, *spec.grid_shape)
+                folder / "labels.npy",
+                mode="w+",
+                dtype=LABEL_DTYPE,
+                shape=(n, 1, *spec.grid_shape),
             )
             if spec.with_labels
             else None
@@ -637,6 +650,7 @@ def _write_lazy(lazy: LazyVolumeStore, folder: Path, display: str) -> None:
     _write_meta(folder / "meta.json", {**header, "meta": lazy.meta, "complete": False})
     files = _StoreFiles(folder, n, spec)
     ok = np.ones(n, dtype=bool)
+    has_label = np.zeros(n, dtype=bool)
     errors = [""] * n
 
     rows = (
@@ -649,6 +663,7 @@ def _write_lazy(lazy: LazyVolumeStore, folder: Path, display: str) -> None:
         total=n, desc=f"Writing {Path(display).name}", unit="vol", disable=not lazy.progress
     ) as bar:
         for i, result in rows:
+            label = None
             if isinstance(result, BaseException):
                 ok[i] = False
                 errors[i] = f"{type(result).__name__}: {result}"
@@ -656,20 +671,29 @@ def _write_lazy(lazy: LazyVolumeStore, folder: Path, display: str) -> None:
                 image, affine, label = result
                 files.images[i] = image
                 files.affines[i] = affine
-                if files.labels is not None:
-                    files.labels[i, 0] = label
+            if files.labels is not None:
+                # -1 is no class, so a volume without a label map (or a failed one) cannot
+                # pass for all-background in a segmentation loss.
+                files.labels[i, 0] = NO_LABEL if label is None else label
+                has_label[i] = label is not None
             bar.update(1)
 
     index = lazy.index.copy()
     index["preprocess_ok"] = ok
     index["preprocess_error"] = errors
+    if lazy.with_labels:
+        index["has_label"] = has_label
     n_failed = int((~ok).sum())
     if n_failed:
         failed = np.flatnonzero(~ok)
         logger.warning(
             "Volume store '%s': %d of %d volumes failed preprocessing and are stored as zeros "
             "(preprocess_ok=False), e.g. row %d: %s",
-            display, n_failed, n, failed[0], errors[failed[0]],
+            display,
+            n_failed,
+            n,
+            failed[0],
+            errors[failed[0]],
         )
     files.finish(index, {**header, "n_failed": n_failed}, lazy.meta)
     logger.info("Wrote volume store '%s': %d volumes, %d failed.", display, n, n_failed)
@@ -703,9 +727,7 @@ def _compute_checked(
     if affine.shape != (4, 4) or not np.isfinite(affine).all():
         raise ValueError(f"affine must be a finite (4, 4) matrix, got shape {affine.shape}")
     label = None
-    if spec.with_labels:
-        if vol.label is None:
-            raise ValueError("label is None but the store has labels")
+    if spec.with_labels and vol.label is not None:
         label = np.asarray(vol.label)
         if label.shape != spec.grid_shape:
             raise ValueError(
@@ -746,6 +768,14 @@ def _iter_rows_parallel(
         ctx = mp.get_context("fork")
         task = partial(_compute_forked, token, spec)
     else:
+        try:
+            pickle.dumps(compute)
+        except Exception as exc:
+            # Otherwise every row would fail with the same pickling error, recorded per row.
+            raise DatasetError(
+                "LazyVolumeStore.compute must be picklable for n_workers > 1 on platforms "
+                f"without 'fork' (define it at module level): {type(exc).__name__}: {exc}"
+            ) from exc
         ctx = None
         task = partial(_compute_checked, compute, spec)
     max_in_flight = 2 * n_workers

@@ -19,8 +19,9 @@ def build_model(spec: Mapping[str, Any], in_shape: Sequence[int], out_size: int)
     """Build the model named in ``spec`` from the registry.
 
     Args:
-        spec: ``{"name": <registered model>, "params": {...}}``; ``params`` are passed to the
-            factory as keyword arguments (e.g. ``channels`` or ``dropout``).
+        spec: ``{"name": <registered model>, <name>: {...}}`` as in the parameter files, where
+            each model's keyword arguments sit under its own name (so switching ``name`` never
+            passes one model's options to another); ``{"name": ..., "params": {...}}`` also works.
         in_shape: ``(C, D, H, W)`` of one input volume.
         out_size: number of outputs.
 
@@ -34,5 +35,5 @@ def build_model(spec: Mapping[str, Any], in_shape: Sequence[int], out_size: int)
         TypeError: if the factory rejects one of ``params``.
     """
     factory = plugins.get("models", spec["name"])
-    params = dict(spec.get("params") or {})
+    params = dict(spec.get(spec["name"]) or spec.get("params") or {})
     return factory(tuple(int(s) for s in in_shape), int(out_size), **params)

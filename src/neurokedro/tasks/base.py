@@ -62,10 +62,10 @@ class Task:
         return pd.to_numeric(table[self.target], errors="coerce").to_numpy(dtype=np.float32)
 
     def model_spec(self, model_params: Mapping[str, Any] | None) -> dict[str, Any]:
-        """The model spec ``{"name", "params"}`` with the task's default model filled in."""
+        """The model spec (see :func:`neurokedro.models.build_model`) with the task's default
+        model filled in when the parameters name none."""
         spec = dict(model_params or {})
         spec.setdefault("name", self.default_model)
-        spec.setdefault("params", {})
         return spec
 
 

@@ -50,7 +50,7 @@ def fit(
         params: the ``training`` parameters (see ``conf/base/parameters_<task>.yml``): ``seed``,
             ``max_epochs``, ``batch_size``, ``num_workers``, ``precision``,
             ``gradient_clip_val``, ``early_stopping``, ``optimiser``, ``augmentation``,
-            ``checkpoint_dir``, ``accelerator``, ``devices``, ``deterministic``.
+            ``checkpoint_dir``, ``accelerator``, ``devices``, ``deterministic``, ``channels_last``.
         mlflow_prefix: prefix of the per-epoch metric names logged to MLflow.
 
     Returns:
@@ -88,7 +88,8 @@ def fit(
     )
     max_epochs = int(params.get("max_epochs", 30))
     module = TaskModule(
-        net, task, params.get("optimiser", {}), max_epochs, mean, sd, loss_params=params.get("loss")
+        net, task, params.get("optimiser", {}), max_epochs, mean, sd, loss_params=params.get("loss"),
+        channels_last=bool(params.get("channels_last", False)),
     )
     monitor = f"val_{task.headline_metric}"
     stopping = dict(params.get("early_stopping") or {})
@@ -128,7 +129,7 @@ def fit(
             state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
             module.load_state_dict(state)
             logger.info("Best %s = %.4g (checkpoint %s)", monitor, float(checkpoint.best_model_score), best)
-    model: nn.Module = module.net.cpu().eval()
+    model: nn.Module = module.net.cpu().to(memory_format=torch.contiguous_format).eval()
     if task.standardise_target:
         model = TargetScaler(model, mean, sd).eval()
     return model, history.to_frame()

@@ -49,6 +49,8 @@ class TaskModule(L.LightningModule):
         max_epochs: for the schedule's length.
         target_mean: training-set target mean (0 when not standardised).
         target_sd: training-set target sd (1 when not standardised).
+        loss_params: keyword arguments of the task's loss factory.
+        channels_last: keep weights and inputs in ``channels_last_3d`` memory format.
     """
 
     def __init__(
@@ -60,9 +62,11 @@ class TaskModule(L.LightningModule):
         target_mean: float = 0.0,
         target_sd: float = 1.0,
         loss_params: Mapping[str, Any] | None = None,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
-        self.net = net
+        self.channels_last = bool(channels_last)
+        self.net = net.to(memory_format=torch.channels_last_3d) if self.channels_last else net
         self.task = task
         self.optimiser_params = dict(optimiser)
         self.max_epochs = int(max_epochs)
@@ -72,6 +76,9 @@ class TaskModule(L.LightningModule):
         self._val_abs_errors: list[torch.Tensor] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            # oneDNN's 3D convolutions are faster on NDHWC, notably under bf16 autocast.
+            x = x.contiguous(memory_format=torch.channels_last_3d)
         return self.net(x)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:

@@ -54,8 +54,9 @@ def build_cohort_table(cohort: Mapping[str, Any]) -> pd.DataFrame:
     """Build the standard cohort table with the cohort adapter named in the parameters.
 
     Args:
-        cohort: ``{"name": <registered cohort>, "options": {...}}`` from
-            ``parameters_data_engineering.yml``.
+        cohort: ``{"name": <registered cohort>, <name>: {options}}`` from
+            ``parameters_data_engineering.yml``: the adapter's keyword options sit under its own
+            name, so an environment can switch adapter without inheriting another's options.
 
     Returns:
         The cohort table (see :mod:`neurokedro.cohorts.base`), with columns ``cohort`` (the
@@ -66,7 +67,7 @@ def build_cohort_table(cohort: Mapping[str, Any]) -> pd.DataFrame:
         neurokedro.cohorts.DataRootError: when the cohort's data folder is missing.
     """
     adapter_cls = plugins.get("cohorts", cohort["name"])
-    adapter: CohortAdapter = adapter_cls(**dict(cohort.get("options") or {}))
+    adapter: CohortAdapter = adapter_cls(**dict(cohort.get(cohort["name"]) or {}))
     table = standardise_columns(adapter.build())
     table["cohort"] = cohort["name"]
     table["synthetic"] = bool(getattr(adapter, "synthetic", False))
@@ -280,7 +281,7 @@ def split_by_subject(volume_store: VolumeStore, split: Mapping[str, Any]) -> pd.
         test = _draw(scans.index, scans["subject_id"], strata, float(split.get("test_fraction", 0.2)), seed)
         assigned[test] = "test"
     rest = scans.index[assigned != "test"]
-    validation = _draw(rest, scans.loc[rest, "subject_id"], strata[rest], float(split.get("validation_fraction", 0.2)), seed + 1)
+    validation = _draw(rest, scans.loc[rest, "subject_id"], strata, float(split.get("validation_fraction", 0.2)), seed + 1)
     assigned[validation] = "validation"
     result = scans[["row", "subject_id", "session_id"]].copy()
     result["split"] = assigned.to_numpy()
@@ -289,20 +290,24 @@ def split_by_subject(volume_store: VolumeStore, split: Mapping[str, Any]) -> pd.
     return result
 
 
-def _strata(scans: pd.DataFrame, stratify_by: list[str], age_bins: int) -> pd.Series:
+def _strata(scans: pd.DataFrame, stratify_by: list[str], age_bins: int) -> list[pd.Series]:
+    """Strata from fine to coarse: all labels combined, then dropping the last label, ... then none."""
     parts = []
     for column in stratify_by or []:
         values = scans[column] if column in scans else pd.Series(np.nan, index=scans.index)
-        if column == "age":
-            values = pd.qcut(values, q=age_bins, labels=False, duplicates="drop") if values.notna().sum() >= age_bins else values
+        if column == "age" and values.notna().sum() >= age_bins:
+            values = pd.qcut(values, q=age_bins, labels=False, duplicates="drop")
         parts.append(values.astype(str))
-    if not parts:
-        return pd.Series("all", index=scans.index)
-    return pd.concat(parts, axis=1).agg("|".join, axis=1)
+    levels = [pd.concat(parts[:k], axis=1).agg("|".join, axis=1) for k in range(len(parts), 0, -1)]
+    return levels + [pd.Series("all", index=scans.index)]
 
 
-def _draw(candidates: pd.Index, subjects: pd.Series, strata: pd.Series, fraction: float, seed: int) -> pd.Index:
-    """Candidates drawn as one stratified, subject-grouped fold of size ~``fraction``."""
+def _draw(candidates: pd.Index, subjects: pd.Series, strata: list[pd.Series], fraction: float, seed: int) -> pd.Index:
+    """Candidates drawn as one stratified, subject-grouped fold of size ~``fraction``.
+
+    The finest strata that leave every stratum at least as many subjects as folds are used, so a
+    small cohort falls back to coarser strata instead of failing.
+    """
     if fraction <= 0 or len(candidates) == 0:
         return candidates[:0]
     n_subjects = subjects.nunique()
@@ -310,8 +315,13 @@ def _draw(candidates: pd.Index, subjects: pd.Series, strata: pd.Series, fraction
     if n_subjects < 2 or n_splits < 2:
         raise ValueError(f"cannot draw a {fraction:.0%} subject-grouped split from {n_subjects} subject(s)")
     n_splits = min(n_splits, n_subjects)
+    for level in strata:
+        labels = level.loc[candidates]
+        per_stratum = pd.DataFrame({"s": labels.to_numpy(), "g": subjects.to_numpy()}).groupby("s")["g"].nunique()
+        if per_stratum.min() >= n_splits or level is strata[-1]:
+            break
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    _, held_out = next(splitter.split(np.zeros(len(candidates)), strata.to_numpy(), subjects.to_numpy()))
+    _, held_out = next(splitter.split(np.zeros(len(candidates)), labels.to_numpy(), subjects.to_numpy()))
     return candidates[held_out]
 
 

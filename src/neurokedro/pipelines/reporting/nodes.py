@@ -84,9 +84,10 @@ def plot_learning_curves(training_history: pd.DataFrame, task_name: str) -> Figu
     return fig
 
 
-def to_mlflow_metrics(metrics: Mapping[str, float]) -> dict[str, dict[str, float]]:
-    """``{name: value}`` -> the ``{name: {"value", "step"}}`` form of kedro-mlflow's metrics dataset.
+def to_mlflow_metrics(metrics: Mapping[str, float], prefix: str = "test_") -> dict[str, dict[str, float]]:
+    """``{name: value}`` -> ``{prefix + name: {"value", "step"}}``, the form of kedro-mlflow's
+    metrics dataset (``test_mae``, ``test_r2`` ... beside the per-epoch ``val_mae``).
 
     Non-finite values are left out (MLflow rejects NaN in some backends).
     """
-    return {k: {"value": float(v), "step": 0} for k, v in metrics.items() if np.isfinite(v)}
+    return {f"{prefix}{k}": {"value": float(v), "step": 0} for k, v in metrics.items() if np.isfinite(v)}

@@ -1,0 +1,126 @@
+import gzip
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import make_head
+
+from neurokedro.io.volume_store import VolumeStore, VolumeStoreDataset
+from neurokedro.pipelines.data_engineering.nodes import (
+    EmptyCohortError,
+    check_scans,
+    compile_qc_table,
+    encode_labels,
+    preprocess_scans,
+    split_by_subject,
+)
+
+LABELS = {"age": {"min": 0, "max": 120}}
+
+
+def _cohort(tmp_path, n=6):
+    rows = []
+    for i in range(n):
+        image, label = make_head(shape=(16, 16, 16), seed=i)
+        image_path, label_path = tmp_path / f"s{i}.nii.gz", tmp_path / f"s{i}_seg.nii.gz"
+        nib.save(image, image_path)
+        nib.save(label, label_path)
+        rows.append({"subject_id": f"s{i}", "session_id": "1", "image_path": str(image_path), "label_path": str(label_path),
+                     "age": str(20 + 10 * i), "sex": "MF"[i % 2], "site": "A", "split": None})
+    return pd.DataFrame(rows)
+
+
+def test_encode_labels_parses_and_lists_bad_labels_without_dropping_scans(tmp_path):
+    table = _cohort(tmp_path, 4)
+    table.loc[1, "age"] = "-4"
+    table.loc[2, "sex"] = "X"
+    table.loc[3, "age"] = None
+    encoded, findings = encode_labels(table, LABELS)
+    assert len(encoded) == 4  # scans stay; only the labels are excluded
+    assert encoded.loc[0, "age"] == 20.0 and encoded.loc[0, "sex"] == 0.0 and encoded.loc[0, "sex_label"] == "M"
+    assert np.isnan(encoded.loc[1, "age"]) and np.isnan(encoded.loc[2, "sex"]) and np.isnan(encoded.loc[3, "age"])
+    assert set(zip(findings["subject_id"], findings["check"])) == {("s1", "label_age"), ("s2", "label_sex"), ("s3", "label_age")}
+    assert findings.loc[findings["subject_id"] == "s1", "value"].item() == "-4"
+
+
+def test_check_scans_excludes_each_broken_scan_with_its_reason(tmp_path):
+    table, _ = encode_labels(_cohort(tmp_path, 6), LABELS)
+    # truncated gzip, a text file named .nii.gz, a missing file, an all-zero image, a duplicate id
+    data = (tmp_path / "s0.nii.gz").read_bytes()
+    (tmp_path / "s0.nii.gz").write_bytes(data[: len(data) // 2])
+    (tmp_path / "s1.nii.gz").write_bytes(gzip.compress(b"not a nifti"))
+    table.loc[2, "image_path"] = str(tmp_path / "nowhere.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((16, 16, 16), np.float32), np.eye(4)), tmp_path / "s3.nii.gz")
+    table = pd.concat([table, table.iloc[[5]]], ignore_index=True)
+    passed, findings = check_scans(table)
+    assert list(passed["subject_id"]) == ["s4", "s5"]
+    checks = dict(zip(findings["subject_id"], findings["check"]))
+    assert checks["s0"] == "unreadable" and checks["s1"] == "unreadable"
+    assert checks["s2"] == "missing_file" and checks["s3"] == "empty"
+    assert "duplicate_id" in set(findings["check"])
+    assert all(findings["file"].str.len() > 0)
+
+
+def test_check_scans_drops_only_the_label_map_on_another_grid(tmp_path):
+    table, _ = encode_labels(_cohort(tmp_path, 2), LABELS)
+    _, other = make_head(shape=(18, 16, 16))
+    nib.save(other, tmp_path / "s0_seg.nii.gz")
+    passed, findings = check_scans(table)
+    assert len(passed) == 2 and pd.isna(passed.loc[0, "label_path"])
+    assert findings["check"].tolist() == ["label_map_label_grid"]
+
+
+def test_check_scans_with_nothing_usable_stops_with_a_clear_error(tmp_path):
+    table, _ = encode_labels(_cohort(tmp_path, 1), LABELS)
+    table.loc[0, "image_path"] = str(tmp_path / "missing.nii.gz")
+    with pytest.raises(EmptyCohortError, match="qc_table"):
+        check_scans(table)
+
+
+def test_preprocess_store_split_and_qc_end_to_end(tmp_path):
+    table, label_findings = encode_labels(_cohort(tmp_path, 10), LABELS)
+    passed, scan_findings = check_scans(table)
+    lazy = preprocess_scans(passed, {"grid_shape": [8, 8, 8], "voxel_size_mm": 3.0})
+    dataset = VolumeStoreDataset(filepath=str(tmp_path / "store"))
+    dataset.save(lazy)
+    store = dataset.load()
+    assert store.images.shape == (10, 1, 8, 8, 8)
+    assert store.index["preprocess_ok"].all()
+    splits = split_by_subject(store, {"test_fraction": 0.2, "validation_fraction": 0.25, "stratify_by": ["sex"], "seed": 1})
+    assert splits["split"].value_counts().to_dict() == {"train": 6, "test": 2, "validation": 2}
+    assert compile_qc_table(label_findings, scan_findings, store).empty
+
+
+def _store_with(index: pd.DataFrame) -> VolumeStore:
+    n = len(index)
+    return VolumeStore(index=index.assign(row=np.arange(n), preprocess_ok=True),
+                       images=np.zeros((n, 1, 2, 2, 2), np.float32), affines=np.tile(np.eye(4), (n, 1, 1)))
+
+
+def test_split_keeps_every_session_of_a_subject_together():
+    rng = np.random.default_rng(0)
+    subjects = [f"sub-{i:02d}" for i in range(30) for _ in range(3)]  # 3 sessions each, longitudinal
+    index = pd.DataFrame({"subject_id": subjects, "session_id": ["1", "2", "3"] * 30,
+                          "age": rng.uniform(20, 80, 90), "sex": rng.integers(0, 2, 90).astype(float)})
+    splits = split_by_subject(_store_with(index), {"test_fraction": 0.2, "validation_fraction": 0.2, "seed": 3})
+    assert (splits.groupby("subject_id")["split"].nunique() == 1).all()
+    counts = splits.groupby("split")["subject_id"].nunique()
+    assert counts["test"] == 6 and counts.sum() == 30
+    # same seed, same split; another seed, another split
+    again = split_by_subject(_store_with(index), {"test_fraction": 0.2, "validation_fraction": 0.2, "seed": 3})
+    pd.testing.assert_frame_equal(splits, again)
+    other = split_by_subject(_store_with(index), {"test_fraction": 0.2, "validation_fraction": 0.2, "seed": 4})
+    assert not splits["split"].equals(other["split"])
+
+
+def test_split_honours_a_fixed_test_set_and_skips_failed_scans():
+    index = pd.DataFrame({"subject_id": [f"s{i}" for i in range(20)], "session_id": "1",
+                          "age": np.linspace(20, 80, 20), "sex": [0.0, 1.0] * 10,
+                          "split": ["test"] * 4 + ["train"] * 16})
+    store = _store_with(index)
+    store.index.loc[19, "preprocess_ok"] = False
+    splits = split_by_subject(store, {"validation_fraction": 0.25, "seed": 0})
+    assert set(splits.loc[splits["split"] == "test", "subject_id"]) == {"s0", "s1", "s2", "s3"}
+    assert "s19" not in set(splits["subject_id"])
+    assert (splits["split"] == "validation").sum() == 4

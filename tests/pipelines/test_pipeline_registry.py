@@ -1,0 +1,20 @@
+from neurokedro.pipeline_registry import register_pipelines
+
+
+def test_one_pipeline_per_registered_task_plus_data_engineering_and_default():
+    pipelines = register_pipelines()
+    assert {"data_engineering", "age_regression", "__default__"} <= set(pipelines)
+    age = pipelines["age_regression"]
+    names = {n.name for n in age.nodes}
+    # shared data engineering + the task's namespaced modelling and reporting nodes
+    assert {"build_cohort_table", "check_scans", "preprocess_scans", "split_by_subject"} <= names
+    assert {"age_regression.train_model", "age_regression.evaluate_model", "age_regression.plot_predicted_vs_true"} <= names
+    assert "params:age_regression.training" in age.inputs()
+    # the shared store is read, not re-made, by the task's namespace
+    assert "volume_store" in age.all_outputs() and "age_regression.volume_store" not in age.all_outputs()
+
+
+def test_data_engineering_pipeline_stands_alone():
+    de = register_pipelines()["data_engineering"]
+    assert de.outputs() >= {"splits", "qc_table"}
+    assert de.inputs() == {"params:cohort", "params:labels", "params:preprocessing", "params:split"}
