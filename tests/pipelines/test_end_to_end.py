@@ -80,3 +80,21 @@ def test_missing_ixi_folder_is_a_clear_error(kedro_project, monkeypatch, tmp_pat
         kedro_project("data_engineering", env="ixi")
     chain = [info.value, info.value.__cause__, info.value.__context__]
     assert any(isinstance(e, DataRootError) and "NEUROKEDRO_IXI_DIR" in str(e) for e in chain if e is not None)
+
+
+def test_kedro_viz_build_shows_the_task_namespace(kedro_project):
+    import os
+    import subprocess
+
+    # the kedro_project fixture made a copy of the project the working directory
+    result = subprocess.run(["kedro", "viz", "build"], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    pipeline = json.loads(open("build/api/pipelines/age_regression").read())
+    assert "age_regression" in pipeline["modular_pipelines"]
+    tasks = {n["id"]: n for n in pipeline["nodes"] if n["type"] == "task"}
+    assert {"train_model", "preprocess_scans", "split_by_subject", "evaluate_model"} <= {n["name"] for n in tasks.values()}
+    # train_model sits inside the age_regression namespace box; preprocessing is shared
+    by_name = {n["name"]: n for n in tasks.values()}
+    assert "age_regression" in by_name["train_model"]["modular_pipelines"]
+    assert "age_regression" not in (by_name["preprocess_scans"]["modular_pipelines"] or [])

@@ -91,3 +91,40 @@ def test_registry_is_clean_after_the_plugin_test():
     # Runs after the test above (file order): nothing of the plugin is left behind.
     assert "toy_mlp" not in plugins.names("models")
     assert MODULE not in sys.modules
+
+
+@pytest.mark.slow
+def test_plugin_model_is_selected_from_parameters_in_a_kedro_run(on_path, kedro_project):
+    """No project code changes: a --params override picks the installed model for training."""
+    import json
+
+    root = kedro_project(
+        "age_regression",
+        params={
+            "cohort": {"demo": {"n_subjects": 10}},
+            "preprocessing": {"grid_shape": [24, 24, 24], "voxel_size_mm": 8.0},
+            "age_regression": {
+                "model": {"name": "toy_mlp", "toy_mlp": {"hidden": 8}},
+                "training": {"max_epochs": 1, "progress_bar": False, "precision": "32-true", "checkpoint_dir": None},
+            },
+        },
+    )
+    import mlflow
+
+    model = mlflow.pytorch.load_model(str(root / "data/06_models/age_regression/model"), map_location="cpu")
+    assert type(model.net).__module__.startswith("torch.nn")  # the toy plugin's Sequential
+    assert any(p.shape == (8, 1) or p.shape[0] == 8 for p in model.net.parameters())
+    assert json.loads((root / "data/08_reporting/age_regression/test_metrics.json").read_text())["n"] >= 1
+
+
+def test_unknown_model_name_in_parameters_lists_the_registered_ones(kedro_project):
+    from neurokedro.plugins import UnknownPluginError
+
+    with pytest.raises(Exception) as info:
+        kedro_project(
+            "age_regression",
+            params={"cohort": {"demo": {"n_subjects": 6}}, "preprocessing": {"grid_shape": [16, 16, 16], "voxel_size_mm": 10.0},
+                    "age_regression": {"model": {"name": "no_such_net"}, "training": {"max_epochs": 1}}},
+        )
+    errors = [info.value, info.value.__cause__, info.value.__context__]
+    assert any(isinstance(e, UnknownPluginError) and "resnet3d, sfcn" in str(e) for e in errors if e is not None)

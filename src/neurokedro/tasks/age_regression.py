@@ -14,6 +14,18 @@ from neurokedro.evaluation.regression import regression_metrics
 from neurokedro.tasks.base import Task
 
 
+def regression_loss(name: str = "mse", delta: float = 1.0) -> nn.Module:
+    """Loss on the standardised target: ``mse`` (the tutorials'), ``l1`` or ``huber`` (``delta`` in sd units).
+
+    Raises:
+        ValueError: for another name.
+    """
+    losses = {"mse": nn.MSELoss, "l1": nn.L1Loss, "huber": lambda: nn.HuberLoss(delta=float(delta))}
+    if name not in losses:
+        raise ValueError(f"unknown regression loss {name!r}; use one of {sorted(losses)}")
+    return losses[name]()
+
+
 def _age_metrics(predictions: pd.DataFrame) -> dict[str, float]:
     return regression_metrics(predictions["chronological_age"], predictions["predicted_age"])
 
@@ -36,7 +48,7 @@ AGE_REGRESSION = Task(
     target="age",
     out_size=1,
     default_model="sfcn",
-    make_loss=lambda **_: nn.MSELoss(),
+    make_loss=regression_loss,
     compute_metrics=_age_metrics,
     describe_predictions=_describe,
     standardise_target=True,

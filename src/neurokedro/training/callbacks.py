@@ -31,18 +31,15 @@ class MetricHistory(L.Callback):
         self.rows: list[dict[str, Any]] = []
         self._warned = False
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # The epoch's learning rate, read before the epoch-level scheduler steps at its end.
         row: dict[str, Any] = {"epoch": trainer.current_epoch}
-        for key, value in trainer.callback_metrics.items():
-            row[key] = float(value)
         if trainer.optimizers:
             row["lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
         self.rows.append(row)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # train metrics are complete only now; merge them into this epoch's row and log it.
+        # Training and validation metrics of the epoch are all complete only now.
         if not self.rows or self.rows[-1]["epoch"] != trainer.current_epoch:
             self.rows.append({"epoch": trainer.current_epoch})
         for key, value in trainer.callback_metrics.items():

@@ -24,6 +24,16 @@ from neurokedro.training.module import TargetScaler, TaskModule
 logger = logging.getLogger(__name__)
 
 
+def seed_everything(params: Mapping[str, Any]) -> int:
+    """Seed Python, NumPy and torch (and DataLoader workers) from ``params["seed"]`` (default 42).
+
+    Call it before building the network too, so that initial weights are reproducible.
+    """
+    seed = int(params.get("seed", 42))
+    L.seed_everything(seed, workers=True, verbose=False)
+    return seed
+
+
 def fit(
     net: nn.Module,
     task: Task,
@@ -63,7 +73,7 @@ def fit(
     """
     if len(train_rows) == 0 or len(val_rows) == 0:
         raise ValueError(f"need training and validation rows; got {len(train_rows)} and {len(val_rows)}")
-    L.seed_everything(int(params.get("seed", 42)), workers=True, verbose=False)
+    seed_everything(params)
     train_targets = np.asarray(train_targets, dtype=np.float32)
     val_targets = np.asarray(val_targets, dtype=np.float32)
     mean, sd = 0.0, 1.0
@@ -136,21 +146,32 @@ def fit(
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: np.ndarray, rows: np.ndarray, batch_size: int = 8) -> np.ndarray:
+def predict(
+    model: nn.Module, images: np.ndarray, rows: np.ndarray, batch_size: int = 8, flip_average: bool = False
+) -> np.ndarray:
     """Run ``model`` on rows of the volume store.
 
     Args:
         model: ``(B, C, D, H, W) -> (B, K)``, already in the target's unit.
-        images: ``(N, C, D, H, W)`` array.
+        images: ``(N, C, D, H, W)`` array on a RAS grid.
         rows: indices along N.
         batch_size: samples per forward pass.
+        flip_average: average the outputs for each volume and its left-right mirror image
+            (test-time augmentation matching the training flip; the brain is near-symmetric).
 
     Returns:
         float32 ``(len(rows), K)`` outputs (``(len(rows),)`` when K is 1).
     """
     model = model.eval()
     dataset = VolumeDataset(images, rows)
-    outputs = [model(x).float().cpu() for x, _ in DataLoader(dataset, batch_size=batch_size)]
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        out = model(x).float()
+        if flip_average:
+            out = (out + model(torch.flip(x, dims=[2])).float()) / 2  # axis 2 of (B, C, D, H, W) is R-L
+        return out.cpu()
+
+    outputs = [forward(x) for x, _ in DataLoader(dataset, batch_size=batch_size)]
     if not outputs:
         return np.zeros((0,), dtype=np.float32)
     out = torch.cat(outputs).numpy()

@@ -13,7 +13,7 @@ from torch import nn
 from neurokedro.io.volume_store import VolumeStore
 from neurokedro.models import build_model
 from neurokedro.tasks.base import get_task
-from neurokedro.training.fit import fit, predict
+from neurokedro.training.fit import fit, predict, seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ def train_model(
     """
     task = get_task(task_name)
     spec = task.model_spec(model)
+    seed_everything(training)  # before building: initial weights are part of the run's seed
     net = build_model(spec, volume_store.images.shape[1:], task.out_size)
     train = task_scans[task_scans["split"] == "train"]
     val = task_scans[task_scans["split"] == "validation"]
@@ -89,7 +90,10 @@ def predict_scans(
         scan's ``age``/``sex_label``/``site`` for subgroup reports.
     """
     task = get_task(task_name)
-    y_pred = predict(model, volume_store.images, task_scans["row"].to_numpy(), int(training.get("batch_size", 8)))
+    y_pred = predict(
+        model, volume_store.images, task_scans["row"].to_numpy(), int(training.get("batch_size", 8)),
+        flip_average=bool(training.get("test_time_flip", False)),
+    )
     described = task.describe_predictions(task_scans, y_pred)
     extras = [c for c in ("age", "sex_label", "site") if c in task_scans and c not in described]
     return pd.concat([task_scans[ID_COLUMNS + extras], described], axis=1)

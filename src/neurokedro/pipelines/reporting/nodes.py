@@ -43,7 +43,8 @@ def plot_predicted_vs_true(predictions: pd.DataFrame, metrics: Mapping[str, floa
     unit = f" ({task.target_unit})" if task.target_unit else ""
     ax.set_xlabel(f"{true_col.replace('_', ' ')}{unit}")
     ax.set_ylabel(f"{pred_col.replace('_', ' ')}{unit}")
-    title = ", ".join(f"{k.upper()} {metrics[k]:.2f}" for k in ("mae", "r2", "pearson_r") if k in metrics)
+    shown = {"mae": f"MAE {{:.2f}}{' ' + task.target_unit[0] if task.target_unit else ''}", "r2": "R² {:.2f}", "pearson_r": "r {:.2f}"}
+    title = ", ".join(fmt.format(metrics[k]) for k, fmt in shown.items() if k in metrics)
     ax.set_title(f"{task_name} — test {title}", fontsize=10)
     ax.set_aspect("equal")
     ax.legend(fontsize=8, loc="upper left")

@@ -1,0 +1,101 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from neurokedro.tasks import get_task
+from neurokedro.training.data import VolumeDataset, build_augmentation
+from neurokedro.training.fit import fit, predict
+from neurokedro.training.module import TargetScaler
+
+FAST = {"max_epochs": 4, "batch_size": 4, "progress_bar": False, "early_stopping": {"patience": 10},
+        "optimiser": {"lr": 0.01, "warmup_epochs": 1}, "augmentation": {"enabled": False}}
+
+
+def _cohort(n=24, seed=0):
+    """Volumes whose mean intensity encodes 'age': a CNN must learn it to beat the mean."""
+    rng = np.random.default_rng(seed)
+    ages = rng.uniform(20, 80, n).astype(np.float32)
+    images = rng.normal(0, 0.1, (n, 1, 8, 8, 8)).astype(np.float32) + ((ages - 50) / 20)[:, None, None, None, None]
+    return images, ages
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.AdaptiveAvgPool3d(1), nn.Flatten(1), nn.Linear(1, 1))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_fit_learns_and_returns_a_model_in_years_with_history(tmp_path):
+    images, ages = _cohort()
+    torch.manual_seed(0)
+    model, history = fit(Tiny(), get_task("age_regression"), images, np.arange(16), ages[:16], np.arange(16, 24),
+                         ages[16:], {**FAST, "max_epochs": 30, "checkpoint_dir": str(tmp_path)})
+    assert isinstance(model, TargetScaler)
+    assert model.mean.item() == pytest.approx(ages[:16].mean(), rel=1e-5)
+    predicted = predict(model, images, np.arange(16, 24))
+    assert predicted.shape == (8,)
+    mae = np.abs(predicted - ages[16:]).mean()
+    assert mae < 0.5 * np.abs(ages[16:] - ages[:16].mean()).mean()  # far better than the mean age
+    assert list(history["epoch"]) == list(range(len(history)))
+    assert {"train_loss", "val_loss", "val_mae", "lr"} <= set(history.columns)
+    assert history["lr"].iloc[0] < history["lr"].max()  # warm-up
+    assert (tmp_path / "best.ckpt").is_file()
+
+
+def test_fit_refuses_empty_validation():
+    images, ages = _cohort(8)
+    with pytest.raises(ValueError, match="validation"):
+        fit(Tiny(), get_task("age_regression"), images, np.arange(8), ages, np.arange(0), ages[:0], FAST)
+
+
+def test_fit_is_reproducible_with_a_seed():
+    images, ages = _cohort()
+    from neurokedro.training.fit import seed_everything
+
+    def run(seed):
+        seed_everything({"seed": seed})
+        return fit(Tiny(), get_task("age_regression"), images, np.arange(16), ages[:16], np.arange(16, 24), ages[16:],
+                   {**FAST, "seed": seed})[1]["val_mae"].to_numpy()
+
+    first, second, other = run(7), run(7), run(8)
+    np.testing.assert_allclose(first, second, rtol=1e-6)
+    assert not np.allclose(first, other)
+
+
+def test_flip_average_is_invariant_to_mirroring():
+    images, _ = _cohort(4)
+    model = nn.Sequential(nn.Flatten(1), nn.Linear(512, 1))
+    mirrored = np.ascontiguousarray(images[:, :, ::-1])
+    a = predict(model, images, np.arange(4), flip_average=True)
+    b = predict(model, mirrored, np.arange(4), flip_average=True)
+    np.testing.assert_allclose(a, b, rtol=1e-5)
+    assert not np.allclose(predict(model, images, np.arange(4)), predict(model, mirrored, np.arange(4)))
+
+
+def test_augmentation_changes_training_samples_only_and_keeps_shape():
+    images, ages = _cohort(2)
+    augment = build_augmentation({"noise_prob": 1.0, "noise_std": 0.5, "flip_prob": 1.0, "affine_prob": 1.0,
+                                  "intensity_prob": 1.0})
+    plain, augmented = VolumeDataset(images, [0, 1], ages), VolumeDataset(images, [0, 1], ages, augment)
+    x, y = plain[0]
+    xa, ya = augmented[0]
+    assert x.shape == xa.shape == (1, 8, 8, 8) and xa.dtype == torch.float32
+    assert torch.equal(x, torch.from_numpy(images[0])) and not torch.equal(x, xa)
+    assert y.item() == ya.item() == pytest.approx(ages[0])
+    assert build_augmentation({"enabled": False}) is None
+
+
+def test_dataset_reopens_memmap_instead_of_pickling_the_cohort(tmp_path):
+    import pickle
+
+    images, ages = _cohort(4)
+    np.save(tmp_path / "images.npy", images)
+    mm = np.load(tmp_path / "images.npy", mmap_mode="r")
+    dataset = VolumeDataset(mm, [3, 1], ages[[3, 1]])
+    clone = pickle.loads(pickle.dumps(dataset))
+    assert len(pickle.dumps(dataset)) < images.nbytes / 4
+    assert torch.equal(clone[0][0], torch.from_numpy(images[3]))
