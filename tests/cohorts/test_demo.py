@@ -133,9 +133,11 @@ def test_parameter_change_regenerates_and_keeps_foreign_files(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     old_bytes = (tmp_path / "sub-0001_T1w.nii.gz").read_bytes()
     before = _stamps(tmp_path)
+    (tmp_path / "sub-0001_T1w.nii.gz.tmp-deadbeef").write_bytes(b"left by a killed run")
 
     DemoCohort(n_subjects=2, seed=0, noise_sd=0.05, output_dir=str(tmp_path)).build()
     after = _stamps(tmp_path)
+    after.pop("sub-0001_T1w.nii.gz.tmp-deadbeef", None)
     assert after["sub-0001_T1w.nii.gz"][1] != before["sub-0001_T1w.nii.gz"][1]
     assert (tmp_path / "sub-0001_T1w.nii.gz").read_bytes() != old_bytes
     assert not (tmp_path / "sub-0003_T1w.nii.gz").exists()  # ours and no longer wanted
@@ -143,7 +145,7 @@ def test_parameter_change_regenerates_and_keeps_foreign_files(tmp_path):
     assert after["notes.txt"] == before["notes.txt"]
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["complete"] is True and manifest["parameters"]["noise_sd"] == 0.05
-    assert not list(tmp_path.glob(".*.tmp"))
+    assert not list(tmp_path.glob("*.tmp-*"))
 
 
 def test_missing_file_is_regenerated_identically_alone(tmp_path):
@@ -174,7 +176,7 @@ def test_interrupted_run_is_not_taken_for_a_finished_one(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         DemoCohort(n_subjects=3, seed=0, output_dir=str(tmp_path), n_jobs=1).build()
     assert json.loads((tmp_path / "manifest.json").read_text())["complete"] is False
-    assert not list(tmp_path.glob(".*.tmp"))
+    assert not list(tmp_path.glob("*.tmp-*"))
 
     monkeypatch.setattr(demo, "synthesise_subject", real)
     table = DemoCohort(n_subjects=3, seed=0, output_dir=str(tmp_path)).build()

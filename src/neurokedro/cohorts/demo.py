@@ -46,7 +46,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -60,6 +59,7 @@ import pandas as pd
 from scipy import ndimage
 
 from neurokedro.cohorts.base import CohortAdapter, standardise_columns
+from neurokedro.io.atomic import atomic_write_path
 
 logger = logging.getLogger(__name__)
 
@@ -377,16 +377,10 @@ def synthesise_subject(
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    # Same directory as the target so os.replace is atomic: readers see the old file or the
-    # whole new one, never a half-written one.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # Readers see the old file or the whole new one, never a half-written one. Not fsynced:
+    # the demo cohort is regenerated from its manifest if a power cut loses it.
+    with atomic_write_path(path, durable=False) as tmp:
+        tmp.write_bytes(data)
 
 
 def _nifti_gz_bytes(data: np.ndarray, affine: np.ndarray) -> bytes:
@@ -692,7 +686,7 @@ class DemoCohort(CohortAdapter):
 
 
 def _remove_stale_temporaries(out: Path, names: Iterable[str]) -> None:
-    # Left behind only by a killed run; the prefix is one only _atomic_write uses for our files.
+    # Left behind only by a killed run; atomic_write_path names temporaries <name>.tmp-<random>.
     for name in names:
-        for tmp in out.glob(f".{glob.escape(name)}.*.tmp"):
+        for tmp in out.glob(f"{glob.escape(name)}.tmp-*"):
             tmp.unlink(missing_ok=True)
