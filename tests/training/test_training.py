@@ -99,3 +99,17 @@ def test_dataset_reopens_memmap_instead_of_pickling_the_cohort(tmp_path):
     clone = pickle.loads(pickle.dumps(dataset))
     assert len(pickle.dumps(dataset)) < images.nbytes / 4
     assert torch.equal(clone[0][0], torch.from_numpy(images[3]))
+
+
+def test_swa_returns_averaged_weights_and_runs_past_early_stopping():
+    images, ages = _cohort()
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv3d(1, 4, 3), nn.BatchNorm3d(4), nn.ReLU(), nn.AdaptiveAvgPool3d(1), nn.Flatten(1),
+                        nn.Linear(4, 1))
+    params = {**FAST, "max_epochs": 6, "early_stopping": {"patience": 1}, "swa": {"enabled": True, "epoch_start": 0.5}}
+    model, history = fit(net, get_task("age_regression"), images, np.arange(16), ages[:16], np.arange(16, 24),
+                         ages[16:], params)
+    assert len(history) >= 6  # early stopping (patience 1) was switched off for the averaging phase
+    bn = model.net[1]
+    assert bn.num_batches_tracked.item() > 0 and torch.isfinite(bn.running_var).all()
+    assert np.isfinite(predict(model, images, np.arange(16, 24))).all()

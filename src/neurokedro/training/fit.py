@@ -12,7 +12,7 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, StochasticWeightAveraging
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -49,7 +49,9 @@ def fit(
 
     Training: AdamW, linear LR warm-up then cosine (or step) decay, gradient-norm clipping,
     MONAI augmentation on training samples only, early stopping and best-checkpoint selection on
-    validation MAE in the target's unit, seeded with ``lightning.seed_everything``.
+    validation MAE in the target's unit, seeded with ``lightning.seed_everything``. With
+    ``swa.enabled`` the returned weights are instead the stochastic weight average of the last
+    epochs (Izmailov et al., UAI 2018), with batch-norm statistics recomputed.
 
     Args:
         net: network ``(B, C, D, H, W) -> (B, task.out_size)``.
@@ -60,7 +62,8 @@ def fit(
         params: the ``training`` parameters (see ``conf/base/parameters_<task>.yml``): ``seed``,
             ``max_epochs``, ``batch_size``, ``num_workers``, ``precision``,
             ``gradient_clip_val``, ``early_stopping``, ``optimiser``, ``augmentation``,
-            ``checkpoint_dir``, ``accelerator``, ``devices``, ``deterministic``, ``channels_last``.
+            ``checkpoint_dir``, ``accelerator``, ``devices``, ``deterministic``, ``channels_last``,
+            ``swa`` (``enabled``, ``lr``, ``epoch_start``, ``annealing_epochs``).
         mlflow_prefix: prefix of the per-epoch metric names logged to MLflow.
 
     Returns:
@@ -112,6 +115,18 @@ def fit(
             save_last=True, enable_version_counter=False,
         )
         callbacks: list[L.Callback] = [checkpoint, history]
+        swa = dict(params.get("swa") or {})
+        if swa.get("enabled", False):
+            # Izmailov et al. 2018: averaging the weights of the last epochs finds a flatter
+            # optimum; far less sensitive than one checkpoint to a small, noisy validation set.
+            lr = float(params.get("optimiser", {}).get("lr", 1e-3))
+            callbacks.append(StochasticWeightAveraging(
+                swa_lrs=float(swa.get("lr", lr / 2)), swa_epoch_start=float(swa.get("epoch_start", 0.6)),
+                annealing_epochs=int(swa.get("annealing_epochs", 3)),
+            ))
+            if stopping.get("enabled", True):
+                logger.info("SWA is on: early stopping is off so that the averaging phase is reached")
+                stopping["enabled"] = False
         if stopping.get("enabled", True):
             callbacks.append(
                 EarlyStopping(
@@ -135,7 +150,10 @@ def fit(
         )
         trainer.fit(module, train_loader, val_loader)
         best = checkpoint.best_model_path
-        if best:
+        if swa.get("enabled", False):
+            logger.info("Using the SWA-averaged weights (best single %s was %.4g)", monitor,
+                        float(checkpoint.best_model_score or float("nan")))
+        elif best:
             state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
             module.load_state_dict(state)
             logger.info("Best %s = %.4g (checkpoint %s)", monitor, float(checkpoint.best_model_score), best)

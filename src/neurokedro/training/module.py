@@ -35,6 +35,23 @@ class TargetScaler(nn.Module):
         return self.net(x) * self.sd + self.mean
 
 
+class MeanEnsemble(nn.Module):
+    """Averages the outputs of several trained models with the same output shape.
+
+    Args:
+        members: models mapping ``(B, C, D, H, W)`` to ``(B, K)`` in the same unit.
+    """
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member(x) for member in self.members]).mean(dim=0)
+
+
 class TaskModule(L.LightningModule):
     """Lightning module: one network, the task's loss, AdamW with warm-up then cosine decay.
 

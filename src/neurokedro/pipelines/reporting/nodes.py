@@ -62,25 +62,31 @@ def plot_learning_curves(training_history: pd.DataFrame, task_name: str) -> Figu
 
     Args:
         training_history: one row per epoch (``epoch``, ``train_loss``, ``val_loss``, ``val_mae``,
-            ``lr``).
+            ``lr``), with a ``member`` column when an ensemble was trained (one line each).
         task_name: registered task.
     """
     fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
-    h = training_history
-    for column, style in (("train_loss", "-"), ("val_loss", "--")):
-        if column in h:
-            ax_loss.plot(h["epoch"], h[column], style, label=column.replace("_", " "))
+    groups = training_history.groupby("member") if "member" in training_history else [(None, training_history)]
+    for i, (member, h) in enumerate(groups):
+        suffix = "" if member is None else f" (member {member})"
+        colour = plt.get_cmap("tab10")(i % 10)
+        for column, style in (("train_loss", "-"), ("val_loss", "--")):
+            if column in h:
+                ax_loss.plot(h["epoch"], h[column], style, color=colour, label=column.replace("_", " ") + suffix)
+        if "val_mae" in h:
+            ax_metric.plot(h["epoch"], h["val_mae"], color=colour, label="validation MAE" + suffix)
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("loss")
-    ax_loss.legend()
-    if "val_mae" in h:
-        ax_metric.plot(h["epoch"], h["val_mae"], color="#1f5f99", label="validation MAE")
-        ax_metric.set_ylabel(f"MAE ({get_task(task_name).target_unit})")
-    if "lr" in h:
+    ax_loss.legend(fontsize=7)
+    unit = get_task(task_name).target_unit
+    ax_metric.set_ylabel(f"validation MAE ({unit})" if unit else "validation MAE")
+    if "lr" in training_history:
+        first = training_history if "member" not in training_history else training_history[training_history["member"] == 0]
         ax_lr = ax_metric.twinx()
-        ax_lr.plot(h["epoch"], h["lr"], color="#9aa5b1", lw=1, label="learning rate")
-        ax_lr.set_ylabel("learning rate")
+        ax_lr.plot(first["epoch"], first["lr"], color="#9aa5b1", lw=1)
+        ax_lr.set_ylabel("learning rate (grey)")
     ax_metric.set_xlabel("epoch")
+    ax_metric.legend(fontsize=7)
     fig.suptitle(f"{task_name} — learning curves")
     return fig
 
