@@ -9,8 +9,8 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-FAST_TRAINING = {"max_epochs": 2, "progress_bar": False, "precision": "32-true", "batch_size": 4,
-                 "checkpoint_dir": None}
+FAST_TRAINING = {"max_epochs": 2, "progress_bar": False, "batch_size": 4, "checkpoint_dir": None,
+                 "ensemble_size": 1}
 
 
 def _assert_complete_run(root, n_test_expected=None):
