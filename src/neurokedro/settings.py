@@ -1,5 +1,7 @@
 """Kedro project settings."""
 
+from pathlib import Path
+
 from kedro.config import OmegaConfigLoader
 
 from neurokedro.hooks import NeuroKedroHooks
@@ -14,6 +16,9 @@ CONFIG_LOADER_ARGS = {
     # An environment (conf/ixi, conf/local) overrides only the keys it names; the rest of
     # conf/base stays, so cohort environments stay short.
     "merge_strategy": {"parameters": "soft"},
+    # ${cwd:} in mlflow.yml: MLflow caches database stores by URI, so a relative
+    # sqlite:///mlflow.db would be shared by every project a process runs; absolute it is not.
+    "custom_resolvers": {"cwd": lambda: Path.cwd().as_posix()},
     "config_patterns": {
         "parameters": ["parameters*", "parameters*/**", "**/parameters*"],
         "mlflow": ["mlflow*", "mlflow*/**", "**/mlflow*"],
