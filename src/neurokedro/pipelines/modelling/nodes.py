@@ -76,6 +76,10 @@ def train_model(
     val = task_scans[task_scans["split"] == "validation"]
     size = int(training.get("ensemble_size", 1))
     logger.info("%s: training %d x %s on %d scans, validating on %d", task_name, size, spec["name"], len(train), len(val))
+    arrays = (
+        train["row"].to_numpy(), train["target"].to_numpy(np.float32),
+        val["row"].to_numpy(), val["target"].to_numpy(np.float32),
+    )
     members, histories = [], []
     for member in range(size):
         params = {**training, "seed": int(training.get("seed", 42)) + member}
@@ -84,10 +88,7 @@ def train_model(
         seed_everything(params)  # before building: initial weights are part of the run's seed
         net = build_model(spec, volume_store.images.shape[1:], task.out_size)
         trained, history = fit(
-            net, task, volume_store.images,
-            train["row"].to_numpy(), train["target"].to_numpy(np.float32),
-            val["row"].to_numpy(), val["target"].to_numpy(np.float32),
-            params, mlflow_prefix=f"member_{member}." if size > 1 else "",
+            net, task, volume_store.images, *arrays, params, mlflow_prefix=f"member_{member}." if size > 1 else ""
         )
         members.append(trained)
         histories.append(history.assign(member=member) if size > 1 else history)
