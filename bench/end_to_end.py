@@ -1,11 +1,14 @@
-"""Wall time of whole ``kedro run`` commands, and the test metrics they reach.
+"""Wall time of whole ``kedro run`` commands, and the metrics they reach.
 
-    python bench/end_to_end.py                      # demo cohort and IXI (--env ixi)
-    python bench/end_to_end.py --only demo          # one of them
+    python bench/end_to_end.py                                  # every run below
+    python bench/end_to_end.py --only ixi-age --only ixi-sex    # some of them
+    python bench/end_to_end.py --only ixi-sex --model slice_cnn # another registered model
 
-Each run happens in a fresh copy of the project's configuration under a temporary folder, so the
+Runs: ``demo-age`` (the README's command), ``demo-sex``, ``ixi-age``, ``ixi-sex`` (``--env ixi``).
+Each happens in a fresh copy of the project's configuration under a temporary folder, so the
 project's own data/ and mlflow.db are untouched and no cache from an earlier run is reused.
-Prints one row per run (wall seconds, test MAE/R² and n) and the key figures on the last line.
+Prints per run: wall time, cross-validation mean ± sd over folds, the fold ensemble's test
+metrics, and for IXI the DLMUSE-volume baseline on the same split (bench/ixi_volume_baselines.py).
 """
 
 from __future__ import annotations
@@ -20,45 +23,73 @@ import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
+
 ROOT = Path(__file__).resolve().parents[1]
-RUNS = {
-    "demo": ["kedro", "run", "--pipeline", "age_regression"],
-    "ixi": ["kedro", "run", "--pipeline", "age_regression", "--env", "ixi"],
+sys.path.insert(0, str(ROOT / "bench"))
+from ixi_volume_baselines import baselines  # noqa: E402
+
+RUNS = {  # name: (pipeline, kedro env)
+    "demo-age": ("age_regression", None),
+    "demo-sex": ("sex_classification", None),
+    "ixi-age": ("age_regression", "ixi"),
+    "ixi-sex": ("sex_classification", "ixi"),
 }
+SHOWN = {"age_regression": ("mae", "r2"), "sex_classification": ("accuracy", "sensitivity", "specificity", "roc_auc")}
+BASELINE = {"age_regression": "age: ridge on tissue fractions + ICV",
+            "sex_classification": "sex: logistic regression on tissue fractions + ICV"}
 
 
-def run_in_copy(name: str, command: list[str], keep: Path | None) -> dict:
+def run_in_copy(name: str, model: str | None, params: list[str], keep: Path | None) -> dict:
+    pipeline, env = RUNS[name]
     work = Path(tempfile.mkdtemp(prefix=f"neurokedro-bench-{name}-"))
     for item in ("pyproject.toml", ".telemetry"):
         shutil.copy(ROOT / item, work)
     shutil.copytree(ROOT / "conf", work / "conf", ignore=shutil.ignore_patterns("local"))
     (work / "conf" / "local").mkdir()
     (work / "src").mkdir()
-    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1"}
-    env.setdefault("NEUROKEDRO_IXI_DIR", str((ROOT.parent / "shared" / "data" / "ixi_hh").resolve()))
+    overrides = [f"{pipeline}.training.progress_bar=false"] + ([f"{pipeline}.model.name={model}"] if model else []) + params
+    command = ["kedro", "run", "--pipeline", pipeline, "--params", ",".join(overrides)] + (["--env", env] if env else [])
+    environment = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1"}
+    ixi = Path(environment.setdefault("NEUROKEDRO_IXI_DIR", str((ROOT.parent / "shared" / "data" / "ixi_hh").resolve())))
     start = time.perf_counter()
-    result = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True)
+    result = subprocess.run(command, cwd=work, env=environment, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if result.returncode != 0:
         sys.stderr.write(result.stdout[-4000:] + result.stderr[-4000:])
         raise SystemExit(f"{name}: {' '.join(command)} failed (exit {result.returncode}); work folder {work}")
-    metrics = json.loads((work / "data/08_reporting/age_regression/test_metrics.json").read_text())
+    reports = work / "data/08_reporting" / pipeline
+    row = {"name": name + (f" ({model})" if model else ""), "pipeline": pipeline, "wall_s": wall,
+           "test": json.loads((reports / "test_metrics.json").read_text()),
+           "cv": pd.read_csv(reports / "cv_metrics.csv").set_index("fold")}
+    if env == "ixi":
+        row["baseline"] = baselines(work, ixi)[BASELINE[pipeline]]
     if keep:
         shutil.copytree(work / "data", keep / name, dirs_exist_ok=True)
     shutil.rmtree(work, ignore_errors=True)
-    return {"name": name, "wall_s": wall, **metrics}
+    return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=sorted(RUNS), action="append")
+    parser.add_argument("--model", help="registered model to use instead of the configured one")
+    parser.add_argument("--params", action="append", default=[], help="extra kedro --params item (key=value)")
     parser.add_argument("--keep", type=Path, help="copy each run's data/ folder here")
     args = parser.parse_args()
-    rows = [run_in_copy(name, RUNS[name], args.keep) for name in (args.only or list(RUNS))]
-    print(f"{'run':6s} {'wall (s)':>9s} {'wall (min)':>10s} {'test MAE (y)':>13s} {'R2':>6s} {'n test':>7s}")
-    for r in rows:
-        print(f"{r['name']:6s} {r['wall_s']:9.1f} {r['wall_s'] / 60:10.2f} {r['mae']:13.2f} {r['r2']:6.2f} {r['n']:7d}")
-    print("; ".join(f"{r['name']}: {r['wall_s'] / 60:.1f} min, test MAE {r['mae']:.2f} y" for r in rows))
+    for name in args.only or list(RUNS):
+        r = run_in_copy(name, args.model, args.params, args.keep)
+        cv, test = r["cv"], r["test"]
+        print(f"== {r['name']}: {r['wall_s']:.0f} s ({r['wall_s'] / 60:.1f} min), {len(cv) - 3} folds, "
+              f"{test['n']} test subjects")
+        for metric in SHOWN[r["pipeline"]]:
+            line = (f"   {metric:12s} cross-validation {cv.loc['mean', f'validation_{metric}']:.3f} "
+                    f"+- {cv.loc['sd', f'validation_{metric}']:.3f} | fold models on test "
+                    f"{cv.loc['mean', f'test_{metric}']:.3f} +- {cv.loc['sd', f'test_{metric}']:.3f} | "
+                    f"fold ensemble on test {test[metric]:.3f}")
+            if "baseline" in r:
+                line += f" | volume baseline on test {r['baseline'][metric]:.3f}"
+            print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -139,3 +139,26 @@ def test_parameter_counts_are_in_the_expected_range():
     assert 1.5e6 < n_params(build_resnet3d((1, 64, 64, 64), 1)) < 2.5e6
     # The head grows with out_size only, not with the input size.
     assert n_params(build_sfcn((1, 64, 64, 64), 1)) == n_params(build_sfcn((1, 160, 192, 160), 1))
+
+
+def test_slice_cnn_returns_one_output_per_slice_of_each_plane():
+    from neurokedro.models.slice_cnn import SliceCNN, slice_indices
+
+    assert slice_indices(16, 4, 2) == [4, 6, 8, 10]  # centred
+    model = build_model({"name": "slice_cnn", "slice_cnn": {"planes": ["axial", "sagittal"], "n_slices": 3,
+                                                            "spacing": 2, "channels": [4, 8]}}, (1, 16, 20, 12), 2)
+    assert isinstance(model, SliceCNN) and model.n_views == 6
+    x = torch.randn(2, 1, 16, 20, 12)
+    out = model.eval()(x)
+    assert out.shape == (2, 6, 2)
+    # changing axial slice z changes that axial output and every sagittal one (each crosses z),
+    # not the other axial slices' outputs
+    z = model.indices["axial"][1]
+    y = x.clone()
+    y[..., z] += 1.0
+    changed = (model(y) - out).abs().amax(dim=(0, 2)) > 1e-6
+    assert changed.tolist() == [False, True, False, True, True, True]
+    with pytest.raises(ValueError, match="unknown plane"):
+        SliceCNN((1, 16, 16, 16), 1, planes=["oblique"])
+    with pytest.raises(ValueError, match="span"):
+        SliceCNN((1, 16, 16, 16), 1, n_slices=9, spacing=2)

@@ -87,8 +87,9 @@ def test_preprocess_store_split_and_qc_end_to_end(tmp_path):
     store = dataset.load()
     assert store.images.shape == (10, 1, 8, 8, 8)
     assert store.index["preprocess_ok"].all()
-    splits = split_by_subject(store, {"test_fraction": 0.2, "validation_fraction": 0.25, "stratify_by": ["sex"], "seed": 1})
-    assert splits["split"].value_counts().to_dict() == {"train": 6, "test": 2, "validation": 2}
+    splits = split_by_subject(store, {"test_fraction": 0.2, "n_folds": 4, "stratify_by": ["sex"], "seed": 1})
+    assert splits["split"].value_counts().to_dict() == {"train": 8, "test": 2}
+    assert sorted(splits.loc[splits["split"] == "train", "fold"].value_counts().tolist()) == [2, 2, 2, 2]
     assert compile_qc_table(label_findings, scan_findings, store).empty
 
 
@@ -103,15 +104,40 @@ def test_split_keeps_every_session_of_a_subject_together():
     subjects = [f"sub-{i:02d}" for i in range(30) for _ in range(3)]  # 3 sessions each, longitudinal
     index = pd.DataFrame({"subject_id": subjects, "session_id": ["1", "2", "3"] * 30,
                           "age": rng.uniform(20, 80, 90), "sex": rng.integers(0, 2, 90).astype(float)})
-    splits = split_by_subject(_store_with(index), {"test_fraction": 0.2, "validation_fraction": 0.2, "seed": 3})
-    assert (splits.groupby("subject_id")["split"].nunique() == 1).all()
+    splits = split_by_subject(_store_with(index), {"test_fraction": 0.2, "n_folds": 5, "seed": 3})
+    # no subject in two sets or two folds; test scans in no fold; every fold used
+    assert (splits.groupby("subject_id")[["split", "fold"]].nunique() == 1).all().all()
+    assert (splits.loc[splits["split"] == "test", "fold"] == -1).all()
+    train = splits[splits["split"] == "train"]
+    assert sorted(train["fold"].unique()) == [0, 1, 2, 3, 4]
+    assert set(train["subject_id"]).isdisjoint(splits.loc[splits["split"] == "test", "subject_id"])
     counts = splits.groupby("split")["subject_id"].nunique()
     assert counts["test"] == 6 and counts.sum() == 30
+    assert train.groupby("fold")["subject_id"].nunique().between(3, 6).all()  # 24 subjects, ~5 per fold
     # same seed, same split; another seed, another split
-    again = split_by_subject(_store_with(index), {"test_fraction": 0.2, "validation_fraction": 0.2, "seed": 3})
+    again = split_by_subject(_store_with(index), {"test_fraction": 0.2, "n_folds": 5, "seed": 3})
     pd.testing.assert_frame_equal(splits, again)
-    other = split_by_subject(_store_with(index), {"test_fraction": 0.2, "validation_fraction": 0.2, "seed": 4})
+    other = split_by_subject(_store_with(index), {"test_fraction": 0.2, "n_folds": 5, "seed": 4})
     assert not splits["split"].equals(other["split"])
+
+
+def test_folds_are_stratified_by_sex_and_age():
+    rng = np.random.default_rng(1)
+    n = 120
+    index = pd.DataFrame({"subject_id": [f"s{i}" for i in range(n)], "session_id": "1",
+                          "age": rng.uniform(20, 86, n), "sex": (rng.random(n) < 0.45).astype(float)})
+    splits = split_by_subject(_store_with(index), {"test_fraction": 0.2, "n_folds": 5, "stratify_by": ["sex", "age"], "seed": 0})
+    table = splits.merge(index.assign(row=np.arange(n))[["row", "sex", "age"]], on="row")
+    overall = table["sex"].mean()
+    per_fold = table[table["split"] == "train"].groupby("fold").agg(female=("sex", "mean"), age=("age", "mean"))
+    assert (per_fold["female"] - overall).abs().max() < 0.1
+    assert (per_fold["age"] - table["age"].mean()).abs().max() < 6
+
+
+def test_split_refuses_too_few_subjects_for_the_folds():
+    index = pd.DataFrame({"subject_id": ["a", "b", "c"], "session_id": "1", "age": [20.0, 30, 40], "sex": [0.0, 1, 0]})
+    with pytest.raises(ValueError, match="into 5 subject-grouped folds"):
+        split_by_subject(_store_with(index), {"test_fraction": 0.34, "n_folds": 5})
 
 
 def test_split_honours_a_fixed_test_set_and_skips_failed_scans():
@@ -120,7 +146,7 @@ def test_split_honours_a_fixed_test_set_and_skips_failed_scans():
                           "split": ["test"] * 4 + ["train"] * 16})
     store = _store_with(index)
     store.index.loc[19, "preprocess_ok"] = False
-    splits = split_by_subject(store, {"validation_fraction": 0.25, "seed": 0})
+    splits = split_by_subject(store, {"n_folds": 3, "seed": 0})
     assert set(splits.loc[splits["split"] == "test", "subject_id"]) == {"s0", "s1", "s2", "s3"}
     assert "s19" not in set(splits["subject_id"])
-    assert (splits["split"] == "validation").sum() == 4
+    assert splits.loc[splits["split"] == "train", "fold"].value_counts().sort_index().tolist() == [5, 5, 5]

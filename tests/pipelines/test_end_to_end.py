@@ -13,63 +13,108 @@ FAST_TRAINING = {"max_epochs": 2, "progress_bar": False, "batch_size": 4, "check
                  "ensemble_size": 1}
 
 
-def _assert_complete_run(root, n_test_expected=None):
-    predictions = pd.read_csv(root / "data/07_model_output/age_regression/predictions.csv")
+def _assert_tracked(root, task, n_folds, headline, expected):
+    """One parent run named after the pipeline, holding the aggregates, with one child per fold
+    holding that fold's params, epoch curve, metrics and model."""
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(task)
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.info.status == "FINISHED" and len(runs) == 1 + n_folds
+    assert f"{task}.training.optimiser.lr" in parent.data.params
+    assert parent.data.metrics[f"test_{headline}"] == pytest.approx(expected)
+    assert {f"cv_{headline}_mean", f"cv_{headline}_sd", f"cv_test_{headline}_mean"} <= set(parent.data.metrics)
+    assert sorted(r.data.tags["fold"] for r in children) == [str(k) for k in range(n_folds)]
+    for child in children:
+        assert child.info.status == "FINISHED" and child.data.params["fold"] == child.data.tags["fold"]
+        assert len(client.get_metric_history(child.info.run_id, "val_loss")) == 2
+        assert {f"validation_{headline}", f"test_{headline}"} <= set(child.data.metrics)
+        assert mlflow.search_logged_models(experiment_ids=[experiment.experiment_id],
+                                           filter_string=f"source_run_id = '{child.info.run_id}'", output_format="list")
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, task)}
+    assert {f"{task}/model", f"{task}/cv_metrics.csv"} <= artifacts
+    return mlflow.pytorch.load_model(f"runs:/{parent.info.run_id}/{task}/model", map_location="cpu")
+
+
+def _assert_cross_validated(root, task, n_folds):
+    predictions = pd.read_csv(root / f"data/07_model_output/{task}/predictions.csv")
     splits = pd.read_csv(root / "data/05_model_input/splits.csv")
     test = predictions[predictions["split"] == "test"]
-    # a prediction for every test subject, finite, in years
     assert set(test["subject_id"]) == set(splits.loc[splits["split"] == "test", "subject_id"])
+    assert (test["source"] == "fold_ensemble").all()
+    # every non-test subject gets exactly one out-of-fold prediction, from its own fold's model
+    oof = predictions[predictions["source"] == "out_of_fold"]
+    assert oof["subject_id"].is_unique
+    assert set(oof["subject_id"]) == set(splits.loc[splits["split"] == "train", "subject_id"])
+    merged = oof.merge(splits[["subject_id", "fold"]], on="subject_id", suffixes=("", "_split"))
+    assert (merged["fold"] == merged["fold_split"]).all()
+    cv = pd.read_csv(root / f"data/08_reporting/{task}/cv_metrics.csv")
+    assert cv["fold"].astype(str).tolist() == [str(k) for k in range(n_folds)] + ["mean", "sd", "out_of_fold"]
+    return predictions, json.loads((root / f"data/08_reporting/{task}/test_metrics.json").read_text())
+
+
+def _assert_complete_age_run(root, n_folds):
+    predictions, metrics = _assert_cross_validated(root, "age_regression", n_folds)
+    test = predictions[predictions["split"] == "test"]
     assert np.isfinite(test["predicted_age"]).all()
     np.testing.assert_allclose(test["brain_age_gap"], test["predicted_age"] - test["chronological_age"])
-    metrics = json.loads((root / "data/08_reporting/age_regression/test_metrics.json").read_text())
     assert all(np.isfinite(metrics[k]) for k in ("mae", "rmse", "r2", "pearson_r"))
     assert metrics["n"] == len(test)
     assert (root / "data/06_models/age_regression/model/MLmodel").is_file()
     for plot in ("predicted_vs_true.png", "learning_curves.png"):
         assert (root / "data/08_reporting/age_regression" / plot).stat().st_size > 1000
-    # tracked: an experiment named after the pipeline, with params, epoch history, metrics, model
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("age_regression")
-    assert experiment is not None
-    (run,) = client.search_runs([experiment.experiment_id])
-    assert run.info.status == "FINISHED"
-    assert "age_regression.training.optimiser.lr" in run.data.params
-    assert run.data.metrics["test_mae"] == pytest.approx(metrics["mae"])
-    assert len(client.get_metric_history(run.info.run_id, "val_mae")) == 2
-    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "age_regression")}
-    assert "age_regression/model" in artifacts
-    model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/age_regression/model", map_location="cpu")
+    model = _assert_tracked(root, "age_regression", n_folds, "mae", metrics["mae"])
     return metrics, model
 
 
 def test_demo_cohort_age_regression_runs_end_to_end(kedro_project):
     root = kedro_project(
         "age_regression",
-        params={"cohort": {"demo": {"n_subjects": 14}}, "age_regression": {"training": FAST_TRAINING}},
+        params={"cohort": {"demo": {"n_subjects": 14}}, "split": {"n_folds": 3},
+                "age_regression": {"training": FAST_TRAINING}},
     )
-    metrics, model = _assert_complete_run(root)
+    metrics, model = _assert_complete_age_run(root, n_folds=3)
     cohort = pd.read_csv(root / "data/01_raw/cohort_table.csv")
     assert cohort["synthetic"].all() and len(cohort) == 14
-    # the saved model predicts years on the stored volumes
+    # the saved model (the fold ensemble) predicts years on the stored volumes
     from neurokedro.io import VolumeStoreDataset
     import torch
 
     store = VolumeStoreDataset(filepath=str(root / "data/03_primary/volume_store")).load()
     with torch.no_grad():
         out = model(torch.from_numpy(np.array(store.images[:2])))
-    assert out.shape == (2, 1) and torch.isfinite(out).all()
+    assert out.shape == (2, 1) and torch.isfinite(out).all() and len(model.members) == 3
 
 
 @pytest.mark.ixi
 def test_ixi_age_regression_runs_end_to_end_on_real_mri(kedro_project, ixi_dir, monkeypatch):
     monkeypatch.setenv("NEUROKEDRO_IXI_DIR", str(ixi_dir))
-    root = kedro_project("age_regression", env="ixi", params={"age_regression": {"training": FAST_TRAINING}})
-    metrics, _ = _assert_complete_run(root)
+    root = kedro_project("age_regression", env="ixi", params={"split": {"n_folds": 2},
+                                                             "age_regression": {"training": FAST_TRAINING}})
+    metrics, _ = _assert_complete_age_run(root, n_folds=2)
     splits = pd.read_csv(root / "data/05_model_input/splits.csv")
     assert len(splits) == 145 and splits["subject_id"].nunique() == 145  # every labelled IXI scan
     assert 25 <= metrics["n"] <= 35  # ~20 % held out
     qc = pd.read_csv(root / "data/08_reporting/qc_table.csv")
     assert qc.empty  # the shared IXI sample is clean
+
+
+@pytest.mark.ixi
+def test_ixi_sex_classification_with_the_slice_model(kedro_project, ixi_dir, monkeypatch):
+    monkeypatch.setenv("NEUROKEDRO_IXI_DIR", str(ixi_dir))
+    root = kedro_project("sex_classification", env="ixi", params={
+        "split": {"n_folds": 2},
+        "sex_classification": {"model": {"name": "slice_cnn"}, "training": FAST_TRAINING}})
+    predictions, metrics = _assert_cross_validated(root, "sex_classification", n_folds=2)
+    assert predictions["probability_female"].between(0, 1).all()
+    assert set(predictions["true_sex"]) == {"M", "F"}
+    assert metrics["tn"] + metrics["fp"] + metrics["fn"] + metrics["tp"] == metrics["n"] == (predictions["split"] == "test").sum()
+    for plot in ("confusion_matrix.png", "roc_curve.png", "learning_curves.png"):
+        assert (root / "data/08_reporting/sex_classification" / plot).stat().st_size > 1000
+    model = _assert_tracked(root, "sex_classification", 2, "accuracy", metrics["accuracy"])
+    assert type(model.members[0].net).__name__ == "SliceCNN"
 
 
 def test_missing_ixi_folder_is_a_clear_error(kedro_project, monkeypatch, tmp_path):

@@ -4,55 +4,127 @@ import pytest
 import torch
 
 from neurokedro.io.volume_store import VolumeStore
+from neurokedro.pipelines.data_engineering.nodes import split_by_subject
 from neurokedro.pipelines.modelling.nodes import evaluate_model, predict_scans, select_task_scans, train_model
-from neurokedro.pipelines.reporting.nodes import plot_learning_curves, plot_predicted_vs_true, to_mlflow_metrics
-from neurokedro.training.module import MeanEnsemble
+from neurokedro.pipelines.reporting.nodes import (
+    log_fold_metrics,
+    plot_confusion_matrix,
+    plot_learning_curves,
+    plot_predicted_vs_true,
+    plot_roc_curve,
+    to_mlflow_metrics,
+)
+from neurokedro.tasks import sex_classification
+from neurokedro.training.module import FoldEnsemble, MeanEnsemble
 
 TRAINING = {"max_epochs": 2, "batch_size": 4, "progress_bar": False, "augmentation": {"enabled": False}}
 MODEL = {"name": "sfcn", "sfcn": {"channels": [4, 4, 8], "dropout": 0.0}, "resnet3d": {"channels": [999]}}
 
 
-def _store(n=20, seed=0):
+def _store(n=24, seed=0, n_folds=3):
+    """n subjects; subject s3 has no usable age; the split is the project's own (3 folds)."""
     rng = np.random.default_rng(seed)
     age = rng.uniform(20, 80, n)
-    age[3] = np.nan  # one scan without a usable age
+    age[3] = np.nan
+    sex = np.array([0.0, 1.0] * (n // 2))
     index = pd.DataFrame({"row": np.arange(n), "subject_id": [f"s{i}" for i in range(n)], "session_id": "1",
-                          "age": age, "sex_label": ["M", "F"] * (n // 2), "site": "A", "preprocess_ok": True})
+                          "age": age, "sex": sex, "sex_label": np.where(sex == 1, "F", "M"), "site": "A",
+                          "preprocess_ok": True})
     images = rng.normal(0, 1, (n, 1, 8, 8, 8)).astype(np.float32)
-    splits = index[["row", "subject_id", "session_id"]].assign(split=["train"] * 12 + ["validation"] * 4 + ["test"] * 4)
-    return VolumeStore(index=index, images=images, affines=np.tile(np.eye(4), (n, 1, 1))), splits
+    store = VolumeStore(index=index, images=images, affines=np.tile(np.eye(4), (n, 1, 1)))
+    splits = split_by_subject(store, {"test_fraction": 0.25, "n_folds": n_folds, "stratify_by": ["sex"], "seed": 0})
+    return store, splits
 
 
 def test_select_task_scans_leaves_out_scans_without_the_target():
     store, splits = _store()
     scans = select_task_scans(store, splits, "age_regression")
-    assert len(scans) == 19 and "s3" not in set(scans["subject_id"])
+    assert len(scans) == 23 and "s3" not in set(scans["subject_id"])
     np.testing.assert_allclose(scans["target"], scans["age"])
+    assert "fold" in scans and (scans.loc[scans["split"] == "test", "fold"] == -1).all()
 
 
-def test_train_predict_evaluate_with_per_model_options_and_an_ensemble():
+def test_cross_validation_trains_one_model_per_fold_and_predicts_out_of_fold():
     store, splits = _store()
     scans = select_task_scans(store, splits, "age_regression")
     model, history = train_model(store, scans, MODEL, {**TRAINING, "ensemble_size": 2}, "age_regression")
-    assert isinstance(model, MeanEnsemble) and len(model.members) == 2
+    assert isinstance(model, FoldEnsemble) and model.folds == [0, 1, 2]
+    assert all(isinstance(m, MeanEnsemble) and len(m.members) == 2 for m in model.members)
     # the sfcn options (first block 4 channels) were used, not the resnet3d ones (999)
     convs = [m for m in model.members[0].modules() if isinstance(m, torch.nn.Conv3d)]
     assert convs[0].out_channels == 4
-    assert sorted(history["member"].unique()) == [0, 1]
+    assert sorted(history["fold"].unique()) == [0, 1, 2] and sorted(history["member"].unique()) == [0, 1]
     with torch.no_grad():
         x = torch.from_numpy(store.images[:3])
-        expected = (model.members[0](x) + model.members[1](x)) / 2
-        torch.testing.assert_close(model(x), expected)
-    predictions = predict_scans(model, store, scans, TRAINING, "age_regression")
-    assert len(predictions) == 19 and set(predictions["split"]) == {"train", "validation", "test"}
+        torch.testing.assert_close(model(x), sum(m(x) for m in model.members) / 3)
+
+    predictions, fold_predictions = predict_scans(model, store, scans, TRAINING, {}, "age_regression")
+    # every non-test scan exactly once, predicted by the model of its own fold
+    train = scans[scans["split"] == "train"]
+    oof = predictions[predictions["source"] == "out_of_fold"]
+    assert sorted(oof["row"]) == sorted(train["row"]) and oof["row"].is_unique
+    first = oof.iloc[0]
+    with torch.no_grad():
+        x = torch.from_numpy(store.images[[int(first["row"])]])
+        expected = model.fold_model(int(first["fold"]))(x).item()
+        others = [m(x).item() for f, m in zip(model.folds, model.members) if f != first["fold"]]
+    assert first["predicted_age"] == pytest.approx(expected, abs=1e-4)
+    assert all(abs(first["predicted_age"] - o) > 1e-6 for o in others)
+    # test scans: the mean of the fold models, and each fold model's own predictions
+    test = predictions[predictions["split"] == "test"]
+    assert (test["source"] == "fold_ensemble").all() and len(test) == (scans["split"] == "test").sum()
+    assert len(fold_predictions) == 3 * len(test)
+    mean_of_folds = fold_predictions.groupby("row")["predicted_age"].mean()
+    np.testing.assert_allclose(test.set_index("row")["predicted_age"], mean_of_folds.loc[test["row"]], rtol=1e-5)
     np.testing.assert_allclose(predictions["brain_age_gap"], predictions["predicted_age"] - predictions["chronological_age"])
-    metrics = evaluate_model(predictions, "age_regression")
-    assert metrics["n"] == 4 and np.isfinite(metrics["mae"])
-    assert set(to_mlflow_metrics(metrics)) >= {"test_mae", "test_rmse", "test_n"}
+
+    metrics, cv_metrics = evaluate_model(predictions, fold_predictions, "age_regression")
+    assert metrics["n"] == len(test) and np.isfinite(metrics["mae"])
+    assert cv_metrics["fold"].tolist() == ["0", "1", "2", "mean", "sd", "out_of_fold"]
+    per_fold = cv_metrics.iloc[:3]
+    assert cv_metrics.loc[3, "validation_mae"] == pytest.approx(per_fold["validation_mae"].mean())
+    assert cv_metrics.loc[4, "validation_mae"] == pytest.approx(per_fold["validation_mae"].std(ddof=1))
+    assert per_fold["validation_n"].sum() == len(train) == cv_metrics.loc[5, "validation_n"]
+    logged = to_mlflow_metrics(metrics, cv_metrics)
+    assert {"test_mae", "test_rmse", "test_n", "cv_mae_mean", "cv_mae_sd", "cv_test_mae_mean"} <= set(logged)
+    assert logged["cv_mae_mean"]["value"] == pytest.approx(cv_metrics.loc[3, "validation_mae"])
+    assert log_fold_metrics(cv_metrics, history.assign(mlflow_run_id="")) == {}  # untracked: nothing logged
     assert plot_learning_curves(history, "age_regression").axes
     assert "MAE" in plot_predicted_vs_true(predictions, metrics, "age_regression").axes[0].get_title()
 
 
+def test_class_weights_come_from_each_folds_training_part_only(monkeypatch):
+    store, splits = _store(n=30)
+    # make the folds' class ratios differ from the cohort's: drop most females of fold 0
+    scans = select_task_scans(store, splits, "sex_classification")
+    drop = scans[(scans["fold"] == 0) & (scans["sex"] == 1)].index[1:]
+    scans = scans.drop(drop).reset_index(drop=True)
+    seen = []
+    weight = sex_classification.positive_class_weight
+    monkeypatch.setattr(sex_classification, "positive_class_weight", lambda t: (seen.append(np.array(t)), weight(t))[1])
+    model, _ = train_model(store, scans, MODEL, TRAINING, "sex_classification")
+    assert len(seen) == 3
+    for fold, targets in zip(model.folds, seen):
+        expected = scans[(scans["split"] == "train") & (scans["fold"] != fold)]["target"].to_numpy(np.float32)
+        np.testing.assert_array_equal(np.sort(targets), np.sort(expected))  # no validation or test labels
+    predictions, fold_predictions = predict_scans(model, store, scans, TRAINING, {"threshold": 0.5}, "sex_classification")
+    assert predictions["probability_female"].between(0, 1).all()
+    assert (predictions["predicted_label"] == (predictions["probability_female"] >= 0.5)).all()
+    metrics, cv_metrics = evaluate_model(predictions, fold_predictions, "sex_classification")
+    assert metrics["tn"] + metrics["fp"] + metrics["fn"] + metrics["tp"] == metrics["n"]
+    assert {"validation_roc_auc", "test_sensitivity"} <= set(cv_metrics.columns)
+    assert "positive class F" in plot_confusion_matrix(metrics, "sex_classification").axes[0].get_title()
+    assert plot_roc_curve(predictions, metrics, "sex_classification").axes[0].get_lines()
+
+
+def test_train_model_needs_folds():
+    store, splits = _store()
+    scans = select_task_scans(store, splits, "age_regression").assign(fold=0)
+    with pytest.raises(ValueError, match=">= 2 folds"):
+        train_model(store, scans, MODEL, TRAINING, "age_regression")
+
+
 def test_evaluate_model_without_test_scans_is_an_error():
     with pytest.raises(ValueError, match="no test scans"):
-        evaluate_model(pd.DataFrame({"split": ["train"], "chronological_age": [1.0], "predicted_age": [1.0]}), "age_regression")
+        evaluate_model(pd.DataFrame({"split": ["train"], "chronological_age": [1.0], "predicted_age": [1.0]}),
+                       pd.DataFrame(), "age_regression")

@@ -3,7 +3,7 @@ from neurokedro.pipeline_registry import register_pipelines
 
 def test_one_pipeline_per_registered_task_plus_data_engineering_and_default():
     pipelines = register_pipelines()
-    assert {"data_engineering", "age_regression", "__default__"} <= set(pipelines)
+    assert {"data_engineering", "age_regression", "sex_classification", "__default__"} <= set(pipelines)
     age = pipelines["age_regression"]
     names = {n.name for n in age.nodes}
     # shared data engineering + the task's namespaced modelling and reporting nodes
@@ -18,3 +18,12 @@ def test_data_engineering_pipeline_stands_alone():
     de = register_pipelines()["data_engineering"]
     assert de.outputs() >= {"splits", "qc_table"}
     assert de.inputs() == {"params:cohort", "params:labels", "params:preprocessing", "params:split"}
+
+
+def test_reporting_draws_the_figures_of_each_task():
+    pipelines = register_pipelines()
+    sex = {n.name for n in pipelines["sex_classification"].nodes}
+    assert {"sex_classification.plot_confusion_matrix", "sex_classification.plot_roc_curve",
+            "sex_classification.log_fold_metrics"} <= sex
+    assert "sex_classification.plot_predicted_vs_true" not in sex
+    assert "age_regression.plot_confusion_matrix" not in {n.name for n in pipelines["age_regression"].nodes}

@@ -102,6 +102,7 @@ def test_plugin_model_is_selected_from_parameters_in_a_kedro_run(on_path, kedro_
         "age_regression",
         params={
             "cohort": {"demo": {"n_subjects": 10}},
+            "split": {"n_folds": 2},
             "preprocessing": {"grid_shape": [24, 24, 24], "voxel_size_mm": 8.0},
             "age_regression": {
                 "model": {"name": "toy_mlp", "toy_mlp": {"hidden": 8}},
@@ -112,8 +113,9 @@ def test_plugin_model_is_selected_from_parameters_in_a_kedro_run(on_path, kedro_
     import mlflow
 
     model = mlflow.pytorch.load_model(str(root / "data/06_models/age_regression/model"), map_location="cpu")
-    assert type(model.net).__module__.startswith("torch.nn")  # the toy plugin's Sequential
-    assert any(p.shape == (8, 1) or p.shape[0] == 8 for p in model.net.parameters())
+    net = model.members[0].net  # the first fold's network
+    assert type(net).__module__.startswith("torch.nn")  # the toy plugin's Sequential
+    assert any(p.shape == (8, 1) or p.shape[0] == 8 for p in net.parameters())
     assert json.loads((root / "data/08_reporting/age_regression/test_metrics.json").read_text())["n"] >= 1
 
 
@@ -123,7 +125,7 @@ def test_unknown_model_name_in_parameters_lists_the_registered_ones(kedro_projec
     with pytest.raises(Exception) as info:
         kedro_project(
             "age_regression",
-            params={"cohort": {"demo": {"n_subjects": 6}}, "preprocessing": {"grid_shape": [16, 16, 16], "voxel_size_mm": 10.0},
+            params={"cohort": {"demo": {"n_subjects": 6}}, "split": {"n_folds": 2}, "preprocessing": {"grid_shape": [16, 16, 16], "voxel_size_mm": 10.0},
                     "age_regression": {"model": {"name": "no_such_net"}, "training": {"max_epochs": 1}}},
         )
     errors = [info.value, info.value.__cause__, info.value.__context__]

@@ -113,3 +113,50 @@ def test_swa_returns_averaged_weights_and_runs_past_early_stopping():
     bn = model.net[1]
     assert bn.num_batches_tracked.item() > 0 and torch.isfinite(bn.running_var).all()
     assert np.isfinite(predict(model, images, np.arange(16, 24))).all()
+
+
+def test_slice_outputs_train_as_samples_and_soft_vote_per_subject():
+    """A (B, S, K) network: every slice is a training sample; the model returned votes per scan."""
+    from neurokedro.models.slice_cnn import SliceCNN
+    from neurokedro.training.module import soft_vote
+
+    images, ages = _cohort()
+    torch.manual_seed(0)
+    net = SliceCNN((1, 8, 8, 8), 1, planes=["axial", "coronal"], n_slices=2, spacing=2, channels=[4], dropout=0.0)
+    model, history = fit(net, get_task("age_regression"), images, np.arange(16), ages[:16], np.arange(16, 24),
+                         ages[16:], {**FAST, "max_epochs": 3, "channels_last": True})
+    x = torch.from_numpy(images[16:])
+    with torch.no_grad():
+        per_slice = model.net(x)
+        assert per_slice.shape == (8, 4, 1)
+        torch.testing.assert_close(model(x), soft_vote(per_slice) * model.sd + model.mean)
+    assert predict(model, images, np.arange(16, 24)).shape == (8,)
+    assert {"val_mae", "val_loss"} <= set(history.columns)
+
+
+def test_classification_fit_returns_probabilities_and_logs_auc():
+    from neurokedro.training.module import ProbabilityOutput
+
+    rng = np.random.default_rng(0)
+    labels = (np.arange(24) % 2).astype(np.float32)
+    images = rng.normal(0, 0.1, (24, 1, 8, 8, 8)).astype(np.float32) + labels[:, None, None, None, None]
+    torch.manual_seed(0)
+    model, history = fit(Tiny(), get_task("sex_classification"), images, np.arange(16), labels[:16],
+                         np.arange(16, 24), labels[16:], {**FAST, "max_epochs": 30, "optimiser": {"lr": 0.1}})
+    assert isinstance(model, ProbabilityOutput)
+    probability = predict(model, images, np.arange(16, 24))
+    assert ((probability >= 0) & (probability <= 1)).all()
+    assert ((probability >= 0.5) == labels[16:].astype(bool)).mean() >= 0.75
+    assert {"val_accuracy", "val_roc_auc", "val_balanced_accuracy"} <= set(history.columns)
+
+
+def test_fold_ensemble_finds_each_folds_model():
+    from neurokedro.training.module import FoldEnsemble
+
+    a, b = nn.Linear(2, 1), nn.Linear(2, 1)
+    ensemble = FoldEnsemble([a, b], [3, 5])
+    assert ensemble.fold_model(5) is b
+    with pytest.raises(KeyError, match="no model for fold 4"):
+        ensemble.fold_model(4)
+    with pytest.raises(ValueError, match="distinct fold"):
+        FoldEnsemble([a, b], [1, 1])

@@ -7,6 +7,23 @@ from scipy import stats
 from sklearn import metrics as skm
 
 
+def paired_arrays(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both arrays as flat float64, checked for metrics.
+
+    Raises:
+        ValueError: if they differ in length, are empty or hold non-finite values.
+    """
+    y_true = np.asarray(y_true, dtype=float).ravel()
+    y_pred = np.asarray(y_pred, dtype=float).ravel()
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true has {y_true.size} values but the prediction has {y_pred.size}")
+    if y_true.size == 0:
+        raise ValueError("cannot compute metrics on zero samples")
+    if not (np.all(np.isfinite(y_true)) and np.all(np.isfinite(y_pred))):
+        raise ValueError("metrics need finite values; got NaN or Inf")
+    return y_true, y_pred
+
+
 def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     """MAE, RMSE, R² and Pearson r of predictions against the truth.
 
@@ -21,14 +38,7 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
     Raises:
         ValueError: if the arrays differ in length, are empty or hold non-finite values.
     """
-    y_true = np.asarray(y_true, dtype=float).ravel()
-    y_pred = np.asarray(y_pred, dtype=float).ravel()
-    if y_true.shape != y_pred.shape:
-        raise ValueError(f"y_true has {y_true.size} values but y_pred has {y_pred.size}")
-    if y_true.size == 0:
-        raise ValueError("cannot compute metrics on zero samples")
-    if not (np.all(np.isfinite(y_true)) and np.all(np.isfinite(y_pred))):
-        raise ValueError("metrics need finite values; got NaN or Inf")
+    y_true, y_pred = paired_arrays(y_true, y_pred)
     result = {
         "mae": float(skm.mean_absolute_error(y_true, y_pred)),
         "rmse": float(np.sqrt(skm.mean_squared_error(y_true, y_pred))),

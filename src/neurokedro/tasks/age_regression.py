@@ -6,6 +6,9 @@ literature (Cole & Franke 2017, Trends Neurosci; Peng et al. 2021, Med Image Ana
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 import pandas as pd
 from torch import nn
@@ -14,8 +17,10 @@ from neurokedro.evaluation.regression import regression_metrics
 from neurokedro.tasks.base import Task
 
 
-def regression_loss(name: str = "mse", delta: float = 1.0) -> nn.Module:
+def regression_loss(train_targets: np.ndarray | None = None, name: str = "mse", delta: float = 1.0) -> nn.Module:
     """Loss on the standardised target: ``mse`` (the tutorials'), ``l1`` or ``huber`` (``delta`` in sd units).
+
+    ``train_targets`` is accepted for the common loss-factory signature and not used.
 
     Raises:
         ValueError: for another name.
@@ -30,7 +35,11 @@ def _age_metrics(predictions: pd.DataFrame) -> dict[str, float]:
     return regression_metrics(predictions["chronological_age"], predictions["predicted_age"])
 
 
-def _describe(table: pd.DataFrame, y_pred: np.ndarray) -> pd.DataFrame:
+def _validation_metrics(y_pred: np.ndarray, y_true: np.ndarray) -> dict[str, float]:
+    return {"mae": float(np.mean(np.abs(np.asarray(y_pred, float).ravel() - np.asarray(y_true, float).ravel())))}
+
+
+def _describe(table: pd.DataFrame, y_pred: np.ndarray, options: Mapping[str, Any] | None = None) -> pd.DataFrame:
     out = pd.DataFrame(
         {
             "chronological_age": pd.to_numeric(table["age"], errors="coerce").to_numpy(float),
@@ -51,9 +60,10 @@ AGE_REGRESSION = Task(
     make_loss=regression_loss,
     compute_metrics=_age_metrics,
     describe_predictions=_describe,
+    validation_metrics=_validation_metrics,
     standardise_target=True,
     target_unit="years",
     headline_metric="mae",
     headline_mode="min",
-    report_items=("predicted_vs_chronological", "learning_curves"),
+    report_items=("predicted_vs_true", "learning_curves"),
 )

@@ -31,14 +31,23 @@ class Task:
             are left out of this task and listed in its QC findings.
         out_size: number of model outputs.
         default_model: registered model used when the parameters name none.
-        make_loss: factory of the training loss (called with the task's loss parameters).
+        make_loss: factory of the training loss, called as ``make_loss(train_targets, **params)``
+            with the (M,) float32 targets of the training part only (for class weights) and the
+            task's ``training.loss`` parameters.
         compute_metrics: predictions table -> ``{metric: value}`` on the rows given.
-        describe_predictions: ``(table, y_pred) -> DataFrame`` of per-scan predictions with the
-            task's columns (e.g. predicted age and brain-age gap).
+        describe_predictions: ``(table, y_pred, options) -> DataFrame`` of per-scan predictions
+            with the task's columns (e.g. predicted age and brain-age gap); ``options`` are the
+            task's ``evaluation`` parameters (e.g. a decision ``threshold``).
+        validation_metrics: ``(y_pred, y_true) -> {metric: value}`` computed after each
+            validation epoch on outputs in the target's unit (probabilities for classification);
+            logged as ``val_<metric>``.
         standardise_target: train on ``(y - mean) / sd`` of the training set (regression).
         target_unit: unit of the target for plots and reports (``"years"``).
-        headline_metric: metric used for early stopping, checkpoints and summaries.
+        headline_metric: validation metric (``val_<name>``) for early stopping and checkpoints;
+            ``"loss"`` uses the validation loss.
         headline_mode: ``"min"`` or ``"max"`` for the headline metric.
+        report_items: figures the reporting pipeline draws for this task
+            (``predicted_vs_true``, ``learning_curves``, ``confusion_matrix``, ``roc_curve``).
     """
 
     name: str
@@ -48,7 +57,8 @@ class Task:
     default_model: str
     make_loss: Callable[..., nn.Module]
     compute_metrics: Callable[[pd.DataFrame], dict[str, float]]
-    describe_predictions: Callable[[pd.DataFrame, np.ndarray], pd.DataFrame]
+    describe_predictions: Callable[[pd.DataFrame, np.ndarray, Mapping[str, Any]], pd.DataFrame]
+    validation_metrics: Callable[[np.ndarray, np.ndarray], dict[str, float]] = field(default=lambda p, t: {})
     standardise_target: bool = False
     target_unit: str = ""
     headline_metric: str = "mae"

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from neurokedro.tasks.base import Task
 from neurokedro.training.callbacks import MetricHistory
 from neurokedro.training.data import VolumeDataset, build_augmentation
-from neurokedro.training.module import TargetScaler, TaskModule
+from neurokedro.training.module import TaskModule, soft_vote
 
 logger = logging.getLogger(__name__)
 
@@ -67,9 +67,10 @@ def fit(
         mlflow_prefix: prefix of the per-epoch metric names logged to MLflow.
 
     Returns:
-        ``(model, history)``: the model with the best validation weights, wrapped to output the
-        target in its own unit (:class:`TargetScaler` for standardised regression), in eval
-        mode on the CPU; and one row per epoch of logged metrics.
+        ``(model, history)``: the model with the best validation weights, wrapped to output one
+        prediction per sample in the target's unit (an :class:`~neurokedro.training.module.OutputHead`:
+        years for brain age, probabilities for classification), in eval mode on the CPU; and one
+        row per epoch of logged metrics.
 
     Raises:
         ValueError: with no training or no validation rows.
@@ -102,7 +103,7 @@ def fit(
     max_epochs = int(params.get("max_epochs", 30))
     module = TaskModule(
         net, task, params.get("optimiser", {}), max_epochs, mean, sd, loss_params=params.get("loss"),
-        channels_last=bool(params.get("channels_last", False)),
+        channels_last=bool(params.get("channels_last", False)), train_targets=train_targets,
     )
     monitor = f"val_{task.headline_metric}"
     stopping = dict(params.get("early_stopping") or {})
@@ -157,9 +158,7 @@ def fit(
             state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
             module.load_state_dict(state)
             logger.info("Best %s = %.4g (checkpoint %s)", monitor, float(checkpoint.best_model_score), best)
-    model: nn.Module = module.net.cpu().to(memory_format=torch.contiguous_format).eval()
-    if task.standardise_target:
-        model = TargetScaler(model, mean, sd).eval()
+    model: nn.Module = module.model.cpu().to(memory_format=torch.contiguous_format).eval()
     return model, history.to_frame()
 
 
@@ -184,9 +183,9 @@ def predict(
     dataset = VolumeDataset(images, rows)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        out = model(x).float()
+        out = soft_vote(model(x).float())
         if flip_average:
-            out = (out + model(torch.flip(x, dims=[2])).float()) / 2  # axis 2 of (B, C, D, H, W) is R-L
+            out = (out + soft_vote(model(torch.flip(x, dims=[2])).float())) / 2  # axis 2 of (B, C, D, H, W) is R-L
         return out.cpu()
 
     outputs = [forward(x) for x, _ in DataLoader(dataset, batch_size=batch_size)]

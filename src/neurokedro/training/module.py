@@ -13,33 +13,80 @@ from torch import nn
 from neurokedro.tasks.base import Task
 
 
-class TargetScaler(nn.Module):
-    """Wraps a network so that it outputs the target in its own unit.
+def soft_vote(out: torch.Tensor) -> torch.Tensor:
+    """``(B, S, K)`` outputs of S views of each sample (e.g. slices) -> their mean ``(B, K)``;
+    ``(B, K)`` is returned unchanged. Applied after the output's unit conversion, so that
+    classifiers average probabilities (ClinicaDL's soft voting, Wen et al. 2020, Med Image Anal)."""
+    return out.mean(dim=1) if out.ndim == 3 else out
 
-    A regression network is trained on a standardised target ``(y - mean) / sd``; this wrapper
-    maps its output back (``out * sd + mean``), so the saved model predicts, e.g., years.
+
+class OutputHead(nn.Module):
+    """Wraps a trained network so that it outputs one prediction per sample in the target's unit.
+
+    ``forward(x) = soft_vote(transform(net(x)))``. Subclasses define :meth:`transform`; this base
+    class is the identity transform.
 
     Args:
-        net: network mapping ``(B, C, D, H, W)`` to ``(B, 1)`` standardised outputs.
+        net: network mapping ``(B, C, D, H, W)`` to ``(B, K)`` or ``(B, S, K)`` raw outputs.
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def transform(self, out: torch.Tensor) -> torch.Tensor:
+        """Raw outputs -> the target's unit, element-wise (any leading shape)."""
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return soft_vote(self.transform(self.net(x)))
+
+
+class TargetScaler(OutputHead):
+    """Maps standardised regression outputs back to the target's unit: ``out * sd + mean``.
+
+    A regression network is trained on a standardised target ``(y - mean) / sd``; with this
+    wrapper the saved model predicts, e.g., years.
+
+    Args:
+        net: network mapping ``(B, C, D, H, W)`` to ``(B, 1)`` (or ``(B, S, 1)``) standardised outputs.
         mean: training-set mean of the target.
         sd: training-set standard deviation of the target (> 0).
     """
 
     def __init__(self, net: nn.Module, mean: float = 0.0, sd: float = 1.0) -> None:
-        super().__init__()
-        self.net = net
+        super().__init__(net)
         self.register_buffer("mean", torch.tensor(float(mean)))
         self.register_buffer("sd", torch.tensor(float(sd)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x) * self.sd + self.mean
+    def transform(self, out: torch.Tensor) -> torch.Tensor:
+        return out * self.sd + self.mean
+
+
+class ProbabilityOutput(OutputHead):
+    """Maps classification logits to probabilities: sigmoid for one logit (the probability of
+    the positive class), softmax over the last axis for K > 1 classes."""
+
+    def transform(self, out: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(out) if out.shape[-1] == 1 else torch.softmax(out, dim=-1)
+
+
+def output_head(task: Task, net: nn.Module, target_mean: float = 0.0, target_sd: float = 1.0) -> OutputHead:
+    """The :class:`OutputHead` for ``task``: probabilities for classification, the target's unit
+    for standardised regression, the raw outputs otherwise."""
+    if task.kind == "classification":
+        return ProbabilityOutput(net)
+    if task.standardise_target:
+        return TargetScaler(net, target_mean, target_sd)
+    return OutputHead(net)
 
 
 class MeanEnsemble(nn.Module):
     """Averages the outputs of several trained models with the same output shape.
 
     Args:
-        members: models mapping ``(B, C, D, H, W)`` to ``(B, K)`` in the same unit.
+        members: models mapping ``(B, C, D, H, W)`` to ``(B, K)`` in the same unit (e.g. an
+            :class:`OutputHead` each, so that classifiers average probabilities).
     """
 
     def __init__(self, members: list[nn.Module]) -> None:
@@ -52,11 +99,44 @@ class MeanEnsemble(nn.Module):
         return torch.stack([member(x) for member in self.members]).mean(dim=0)
 
 
+class FoldEnsemble(MeanEnsemble):
+    """The models of a K-fold cross-validation; ``forward`` averages them (the fold ensemble).
+
+    ``members[i]`` was trained without fold ``folds[i]``, which was its validation set, so
+    :meth:`fold_model` gives the model whose predictions on that fold are out-of-fold.
+
+    Args:
+        members: one model per fold (outputs in the target's unit).
+        folds: the fold number of each member.
+    """
+
+    def __init__(self, members: list[nn.Module], folds: list[int]) -> None:
+        super().__init__(members)
+        if len(folds) != len(members) or len(set(folds)) != len(folds):
+            raise ValueError(f"need one distinct fold number per member; got folds={folds} for {len(members)} members")
+        self.folds = [int(f) for f in folds]
+
+    def fold_model(self, fold: int) -> nn.Module:
+        """The member validated on ``fold``.
+
+        Raises:
+            KeyError: for a fold without a model.
+        """
+        if int(fold) not in self.folds:
+            raise KeyError(f"no model for fold {fold}; folds are {self.folds}")
+        return self.members[self.folds.index(int(fold))]
+
+
 class TaskModule(L.LightningModule):
     """Lightning module: one network, the task's loss, AdamW with warm-up then cosine decay.
 
-    Logged each epoch: ``train_loss``, ``val_loss`` and ``val_<headline metric>`` in the target's
-    unit (e.g. ``val_mae`` in years), which drives early stopping and checkpointing.
+    Logged each epoch: ``train_loss``, ``val_loss`` and the task's validation metrics in the
+    target's unit (``val_mae`` in years for brain age; ``val_accuracy``, ``val_auc`` ... for
+    classification); ``val_<headline metric>`` drives early stopping and checkpointing.
+
+    A network may return ``(B, S, K)``: S predictions per sample, e.g. one per slice. The loss
+    then treats every view as a sample (ClinicaDL's slice-level training) and the validation
+    metrics use the per-sample soft vote.
 
     Args:
         net: network ``(B, C, D, H, W) -> (B, out)``.
@@ -67,6 +147,8 @@ class TaskModule(L.LightningModule):
         target_mean: training-set target mean (0 when not standardised).
         target_sd: training-set target sd (1 when not standardised).
         loss_params: keyword arguments of the task's loss factory.
+        train_targets: (M,) training targets in the task's unit, given to the loss factory
+            (class weights come from the training part only).
         channels_last: keep weights and inputs in ``channels_last_3d`` memory format.
     """
 
@@ -80,17 +162,26 @@ class TaskModule(L.LightningModule):
         target_sd: float = 1.0,
         loss_params: Mapping[str, Any] | None = None,
         channels_last: bool = False,
+        train_targets: Any = None,
     ) -> None:
         super().__init__()
-        self.channels_last = bool(channels_last)
-        self.net = net.to(memory_format=torch.channels_last_3d) if self.channels_last else net
+        # channels_last_3d applies to 3D convolutions only (not to a 2D-slice network).
+        self.channels_last = bool(channels_last) and not any(p.dim() == 4 for p in net.parameters())
+        if self.channels_last:
+            net = net.to(memory_format=torch.channels_last_3d)
+        self.model = output_head(task, net, target_mean, target_sd)
         self.task = task
         self.optimiser_params = dict(optimiser)
         self.max_epochs = int(max_epochs)
         self.target_mean = float(target_mean)
         self.target_sd = float(target_sd)
-        self.loss_fn = task.make_loss(**dict(loss_params or {}))
-        self._val_abs_errors: list[torch.Tensor] = []
+        self.loss_fn = task.make_loss(train_targets, **dict(loss_params or {}))
+        self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    @property
+    def net(self) -> nn.Module:
+        """The network being trained (raw outputs)."""
+        return self.model.net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
@@ -98,24 +189,34 @@ class TaskModule(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last_3d)
         return self.net(x)
 
+    def _loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if out.ndim == 3:  # (B, S, K): every view (slice) is a training sample with its subject's target
+            y = y.repeat_interleave(out.shape[1], dim=0)
+            out = out.reshape(-1, out.shape[-1])
+        return self.loss_fn(out, y)
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
-        loss = self.loss_fn(self(x), y)
+        loss = self._loss(self(x), y)
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x))
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
         out = self(x)
-        self.log("val_loss", self.loss_fn(out, y), on_step=False, on_epoch=True, batch_size=len(x))
-        # Errors in the target's own unit, so early stopping reads 'MAE in years'.
-        self._val_abs_errors.append(((out - y).abs() * self.target_sd).detach().flatten())
+        self.log("val_loss", self._loss(out, y), on_step=False, on_epoch=True, batch_size=len(x))
+        # Predictions and targets in the target's own unit, so early stopping reads 'MAE in years'.
+        prediction = soft_vote(self.model.transform(out.float())).detach().cpu()
+        target = (y.float() * self.target_sd + self.target_mean).detach().cpu()
+        self._val_outputs.append((prediction, target))
 
     def on_validation_epoch_end(self) -> None:
-        if self._val_abs_errors:
-            mae = torch.cat(self._val_abs_errors).mean()
-            self.log("val_mae", mae, prog_bar=True)
-        self._val_abs_errors.clear()
+        if self._val_outputs:
+            prediction = torch.cat([p for p, _ in self._val_outputs]).numpy()
+            target = torch.cat([t for _, t in self._val_outputs]).numpy()
+            for name, value in self.task.validation_metrics(prediction, target).items():
+                self.log(f"val_{name}", float(value), prog_bar=name == self.task.headline_metric)
+        self._val_outputs.clear()
 
     def configure_optimizers(self) -> dict[str, Any]:
         p = self.optimiser_params

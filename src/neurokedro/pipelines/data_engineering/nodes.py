@@ -246,24 +246,30 @@ def _fingerprint(index: pd.DataFrame, params: Mapping[str, Any]) -> str:
 
 
 def split_by_subject(volume_store: VolumeStore, split: Mapping[str, Any]) -> pd.DataFrame:
-    """Subject-grouped, stratified split of the preprocessed scans into train/validation/test.
+    """Subject-grouped, stratified split: a held-out test set and K cross-validation folds.
 
-    All sessions of a subject go to the same set (checked after splitting). Strata combine sex
-    and age bins (quantiles) where those labels exist. A ``split`` column of the cohort table
-    (``train``/``test``) is honoured: its test scans stay the test set, validation is drawn
-    from its train scans.
+    The test set is drawn first (about ``test_fraction`` of the subjects); the other subjects
+    are dealt into ``n_folds`` folds with scikit-learn's ``StratifiedGroupKFold``. Fold k is the
+    validation set (early stopping, out-of-fold predictions) of the k-th model, which trains on
+    the other folds. All sessions of a subject share one set and one fold (checked after
+    splitting). Strata combine the labels in ``stratify_by`` (sex, age in quantile bins), so the
+    folds are balanced for the target of every task (sex for classification, age for
+    regression); a small cohort falls back to coarser strata instead of failing. A ``split``
+    column of the cohort table (``train``/``test``) is honoured: its test scans stay the test set.
 
     Args:
         volume_store: the store (its index holds the cohort columns and ``preprocess_ok``).
-        split: ``{"test_fraction": 0.2, "validation_fraction": 0.2, "stratify_by": ["sex", "age"],
-            "age_bins": 4, "seed": 42}``; ``validation_fraction`` is of the non-test scans.
+        split: ``{"test_fraction": 0.2, "n_folds": 5, "stratify_by": ["sex", "age"],
+            "age_bins": 4, "seed": 42}``.
 
     Returns:
-        One row per usable scan: ``row``, ``subject_id``, ``session_id``, ``split``.
+        One row per usable scan: ``row``, ``subject_id``, ``session_id``, ``split``
+        (``train`` or ``test``) and ``fold`` (0..K-1 for training scans, -1 for test scans).
 
     Raises:
         EmptyCohortError: if no scan was preprocessed successfully.
-        AssertionError: if a subject ends up in two sets (never expected; guards regressions).
+        ValueError: if ``n_folds < 2`` or there are fewer training subjects than folds.
+        AssertionError: if a subject ends up in two sets or two folds (guards regressions).
     """
     index = volume_store.index
     ok = index["preprocess_ok"].astype(bool) if "preprocess_ok" in index else pd.Series(True, index=index.index)
@@ -281,12 +287,13 @@ def split_by_subject(volume_store: VolumeStore, split: Mapping[str, Any]) -> pd.
         test = _draw(scans.index, scans["subject_id"], strata, float(split.get("test_fraction", 0.2)), seed)
         assigned[test] = "test"
     rest = scans.index[assigned != "test"]
-    validation = _draw(rest, scans.loc[rest, "subject_id"], strata, float(split.get("validation_fraction", 0.2)), seed + 1)
-    assigned[validation] = "validation"
     result = scans[["row", "subject_id", "session_id"]].copy()
     result["split"] = assigned.to_numpy()
+    result["fold"] = -1
+    result.loc[rest, "fold"] = _folds(rest, scans.loc[rest, "subject_id"], strata, int(split.get("n_folds", 5)), seed + 1)
     assert_no_subject_leakage(result)
-    logger.info("Split: %s", result["split"].value_counts().to_dict())
+    logger.info("Split: %d test scans; %d-fold cross-validation over %d scans (%s per fold)", int((result["split"] == "test").sum()),
+                result.loc[rest, "fold"].nunique(), len(rest), result.loc[rest, "fold"].value_counts().sort_index().tolist())
     return result
 
 
@@ -302,35 +309,48 @@ def _strata(scans: pd.DataFrame, stratify_by: list[str], age_bins: int) -> list[
     return levels + [pd.Series("all", index=scans.index)]
 
 
-def _draw(candidates: pd.Index, subjects: pd.Series, strata: list[pd.Series], fraction: float, seed: int) -> pd.Index:
-    """Candidates drawn as one stratified, subject-grouped fold of size ~``fraction``.
+def _folds(candidates: pd.Index, subjects: pd.Series, strata: list[pd.Series], n_splits: int, seed: int) -> np.ndarray:
+    """Fold number (0..n_splits-1) of each candidate: stratified, subject-grouped K folds.
 
     The finest strata that leave every stratum at least as many subjects as folds are used, so a
     small cohort falls back to coarser strata instead of failing.
     """
-    if fraction <= 0 or len(candidates) == 0:
-        return candidates[:0]
     n_subjects = subjects.nunique()
-    n_splits = int(round(1 / fraction))
-    if n_subjects < 2 or n_splits < 2:
-        raise ValueError(f"cannot draw a {fraction:.0%} subject-grouped split from {n_subjects} subject(s)")
-    n_splits = min(n_splits, n_subjects)
+    if n_splits < 2 or n_subjects < n_splits:
+        raise ValueError(f"cannot deal {n_subjects} subject(s) into {n_splits} subject-grouped folds (need >= 2 folds "
+                         "and at least one subject per fold)")
     for level in strata:
         labels = level.loc[candidates]
         per_stratum = pd.DataFrame({"s": labels.to_numpy(), "g": subjects.to_numpy()}).groupby("s")["g"].nunique()
         if per_stratum.min() >= n_splits or level is strata[-1]:
             break
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    _, held_out = next(splitter.split(np.zeros(len(candidates)), labels.to_numpy(), subjects.to_numpy()))
-    return candidates[held_out]
+    fold = np.full(len(candidates), -1, dtype=int)
+    for k, (_, held_out) in enumerate(splitter.split(np.zeros(len(candidates)), labels.to_numpy(), subjects.to_numpy())):
+        fold[held_out] = k
+    return fold
+
+
+def _draw(candidates: pd.Index, subjects: pd.Series, strata: list[pd.Series], fraction: float, seed: int) -> pd.Index:
+    """Candidates drawn as one stratified, subject-grouped fold of size ~``fraction``."""
+    if fraction <= 0 or len(candidates) == 0:
+        return candidates[:0]
+    n_splits = min(int(round(1 / fraction)), subjects.nunique())
+    if n_splits < 2:
+        raise ValueError(f"cannot draw a {fraction:.0%} subject-grouped split from {subjects.nunique()} subject(s)")
+    return candidates[_folds(candidates, subjects, strata, n_splits, seed) == 0]
 
 
 def assert_no_subject_leakage(splits: pd.DataFrame) -> None:
-    """Raise AssertionError if any subject appears in more than one set of ``splits``."""
-    sets_per_subject = splits.groupby("subject_id")["split"].nunique()
-    leaked = sets_per_subject[sets_per_subject > 1]
-    if not leaked.empty:
-        raise AssertionError(f"subjects in more than one split: {sorted(leaked.index)[:10]}")
+    """Raise AssertionError if a subject appears in more than one set, or (with a ``fold``
+    column) in more than one cross-validation fold, of ``splits``."""
+    for column in ("split", "fold"):
+        if column not in splits:
+            continue
+        per_subject = splits.groupby("subject_id")[column].nunique()
+        leaked = per_subject[per_subject > 1]
+        if not leaked.empty:
+            raise AssertionError(f"subjects in more than one {column}: {sorted(leaked.index)[:10]}")
 
 
 def compile_qc_table(label_findings: pd.DataFrame, scan_findings: pd.DataFrame, volume_store: VolumeStore) -> pd.DataFrame:

@@ -14,7 +14,8 @@ from neurokedro.io.volume_store import VolumeStore
 from neurokedro.models import build_model
 from neurokedro.tasks.base import get_task
 from neurokedro.training.fit import fit, predict, seed_everything
-from neurokedro.training.module import MeanEnsemble
+from neurokedro.training.module import FoldEnsemble, MeanEnsemble
+from neurokedro.training.tracking import child_run, log_model
 
 logger = logging.getLogger(__name__)
 
@@ -50,73 +51,147 @@ def train_model(
     model: Mapping[str, Any],
     training: Mapping[str, Any],
     task_name: str,
-) -> tuple[nn.Module, pd.DataFrame]:
-    """Train the configured model on the training scans, early-stopping on validation.
+) -> tuple[FoldEnsemble, pd.DataFrame]:
+    """K-fold cross-validation: one model per fold, trained on the other folds and early-stopped
+    on its own.
 
-    With ``training.ensemble_size`` = M > 1, M networks are trained from seeds ``seed``,
-    ``seed + 1``, ... (different initial weights, batch order and augmentation) and the returned
-    model averages their outputs: on cohorts of ~100 subjects one network's test error varies
-    by years from seed to seed, and the average is both better and more stable.
+    Each fold is trained inside a nested MLflow run (``fold_<k>``) under the pipeline's run,
+    holding that fold's parameters, per-epoch metrics and model. With
+    ``training.ensemble_size`` = M > 1, each fold's model is itself the mean of M networks
+    trained from seeds ``seed``, ``seed + 1``, ... Folds run one after another in this node
+    (not as K pipeline nodes), so the pipeline and kedro-viz keep one shape whatever K is.
 
     Args:
         volume_store: the preprocessed cohort.
-        task_scans: from :func:`select_task_scans`.
+        task_scans: from :func:`select_task_scans`, with ``split`` (``train``/``test``) and
+            ``fold`` (0..K-1 for training scans).
         model: ``{"name": <registered model>, <name>: {options}}``.
         training: training parameters (see :func:`neurokedro.training.fit.fit`), plus
             ``ensemble_size`` (default 1).
         task_name: registered task.
 
     Returns:
-        ``(model, history)``: the trained model (outputs in the target's unit) and one row of
-        metrics per epoch (with a ``member`` column for ensembles).
+        ``(model, history)``: the :class:`FoldEnsemble` of the K fold models (outputs in the
+        target's unit: years, or probabilities for classification), and one row of metrics per
+        epoch with columns ``fold``, ``mlflow_run_id`` (and ``member`` for ensembles).
+
+    Raises:
+        ValueError: if the training scans have fewer than 2 folds.
     """
     task = get_task(task_name)
     spec = task.model_spec(model)
-    train = task_scans[task_scans["split"] == "train"]
-    val = task_scans[task_scans["split"] == "validation"]
+    cv = task_scans[task_scans["split"] == "train"]
+    folds = sorted(int(f) for f in cv["fold"].unique()) if "fold" in cv else []
+    if len(folds) < 2:
+        raise ValueError(f"{task_name}: cross-validation needs >= 2 folds among the training scans; got {folds}")
     size = int(training.get("ensemble_size", 1))
-    logger.info("%s: training %d x %s on %d scans, validating on %d", task_name, size, spec["name"], len(train), len(val))
-    arrays = (
-        train["row"].to_numpy(), train["target"].to_numpy(np.float32),
-        val["row"].to_numpy(), val["target"].to_numpy(np.float32),
-    )
-    members, histories = [], []
-    for member in range(size):
-        params = {**training, "seed": int(training.get("seed", 42)) + member}
-        if training.get("checkpoint_dir") and size > 1:
-            params["checkpoint_dir"] = f"{training['checkpoint_dir']}/member_{member}"
-        seed_everything(params)  # before building: initial weights are part of the run's seed
-        net = build_model(spec, volume_store.images.shape[1:], task.out_size)
-        trained, history = fit(
-            net, task, volume_store.images, *arrays, params, mlflow_prefix=f"member_{member}." if size > 1 else ""
-        )
-        members.append(trained)
-        histories.append(history.assign(member=member) if size > 1 else history)
-    return (members[0] if size == 1 else MeanEnsemble(members)), pd.concat(histories, ignore_index=True)
+    logger.info("%s: %d-fold cross-validation of %s%s on %d scans", task_name, len(folds), spec["name"],
+                f" (x{size} seeds per fold)" if size > 1 else "", len(cv))
+    fold_models, histories = [], []
+    for fold in folds:
+        train, val = cv[cv["fold"] != fold], cv[cv["fold"] == fold]
+        run_params = {"fold": fold, "n_train": len(train), "n_validation": len(val), "model": spec, "training": training}
+        with child_run(f"fold_{fold}", run_params, tags={"fold": str(fold), "task": task_name}) as run_id:
+            members = []
+            for member in range(size):
+                params = {**training, "seed": int(training.get("seed", 42)) + member}
+                if training.get("checkpoint_dir"):
+                    params["checkpoint_dir"] = f"{training['checkpoint_dir']}/fold_{fold}" + (f"/member_{member}" if size > 1 else "")
+                seed_everything(params)  # before building: initial weights are part of the run's seed
+                net = build_model(spec, volume_store.images.shape[1:], task.out_size)
+                prefix = (f"member_{member}." if size > 1 else "") if run_id else f"fold_{fold}."
+                trained, history = fit(
+                    net, task, volume_store.images, train["row"].to_numpy(), train["target"].to_numpy(np.float32),
+                    val["row"].to_numpy(), val["target"].to_numpy(np.float32), params, mlflow_prefix=prefix,
+                )
+                members.append(trained)
+                history = history.assign(fold=fold, mlflow_run_id=run_id or "")
+                histories.append(history.assign(member=member) if size > 1 else history)
+            fold_model = members[0] if size == 1 else MeanEnsemble(members)
+            log_model(fold_model, run_id)
+        fold_models.append(fold_model)
+    return FoldEnsemble(fold_models, folds), pd.concat(histories, ignore_index=True)
 
 
 def predict_scans(
-    model: nn.Module, volume_store: VolumeStore, task_scans: pd.DataFrame, training: Mapping[str, Any], task_name: str
-) -> pd.DataFrame:
-    """Predict every scan of the task (train, validation and test; ``split`` says which).
+    model: nn.Module,
+    volume_store: VolumeStore,
+    task_scans: pd.DataFrame,
+    training: Mapping[str, Any],
+    evaluation: Mapping[str, Any] | None,
+    task_name: str,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Out-of-fold predictions for the training scans, fold-ensemble predictions for the test scans.
+
+    Every training scan is predicted by the one model that did not train on it (its fold's), so
+    each gets exactly one out-of-fold prediction; every test scan by the mean of the K fold
+    models (mean of predicted ages, or of predicted probabilities). A model that is not a
+    :class:`FoldEnsemble` predicts every scan itself.
+
+    Args:
+        model: the :class:`FoldEnsemble` from :func:`train_model`.
+        volume_store: the preprocessed cohort.
+        task_scans: from :func:`select_task_scans`.
+        training: training parameters (``batch_size``, ``test_time_flip``).
+        evaluation: the task's evaluation options (e.g. the decision ``threshold``).
+        task_name: registered task.
 
     Returns:
-        One row per scan: ``row, subject_id, session_id, split``, the task's prediction columns
-        (for brain age: ``chronological_age, predicted_age, brain_age_gap`` in years) and the
-        scan's ``age``/``sex_label``/``site`` for subgroup reports.
+        ``(predictions, fold_predictions)``. ``predictions``: one row per scan with ``row,
+        subject_id, session_id, split, fold``, ``source`` (``out_of_fold``, ``fold_ensemble`` or
+        ``model``), the task's prediction columns (for brain age ``chronological_age,
+        predicted_age, brain_age_gap`` in years) and the scan's ``age``/``sex_label``/``site``.
+        ``fold_predictions``: each fold model's predictions of the test scans, with
+        ``model_fold`` (for per-fold test metrics).
     """
     task = get_task(task_name)
-    y_pred = predict(
-        model, volume_store.images, task_scans["row"].to_numpy(), int(training.get("batch_size", 8)),
-        flip_average=bool(training.get("test_time_flip", False)),
-    )
-    described = task.describe_predictions(task_scans, y_pred)
-    extras = [c for c in ("age", "sex_label", "site") if c in task_scans and c not in described]
-    return pd.concat([task_scans[ID_COLUMNS + extras], described], axis=1)
+    options = dict(evaluation or {})
+    batch_size, flip = int(training.get("batch_size", 8)), bool(training.get("test_time_flip", False))
+
+    def run(net: nn.Module, rows: pd.DataFrame) -> np.ndarray:
+        return predict(net, volume_store.images, rows["row"].to_numpy(), batch_size, flip_average=flip)
+
+    def described(rows: pd.DataFrame, y_pred: np.ndarray, **columns: Any) -> pd.DataFrame:
+        rows = rows.reset_index(drop=True)
+        extras = [c for c in ("fold", "age", "sex_label", "site") if c in rows]
+        table = pd.concat([rows[ID_COLUMNS + extras], task.describe_predictions(rows, y_pred, options)], axis=1)
+        return table.assign(**columns)
+
+    test = task_scans[task_scans["split"] == "test"]
+    if not isinstance(model, FoldEnsemble):
+        return described(task_scans, run(model, task_scans), source="model"), pd.DataFrame()
+    parts, per_fold, test_outputs = [], [], []
+    for fold in model.folds:
+        fold_model = model.fold_model(fold)
+        own = task_scans[(task_scans["split"] == "train") & (task_scans["fold"] == fold)]
+        parts.append(described(own, run(fold_model, own), source="out_of_fold"))
+        if not test.empty:
+            test_outputs.append(run(fold_model, test))
+            per_fold.append(described(test, test_outputs[-1], model_fold=fold))
+    if not test.empty:
+        parts.append(described(test, np.mean(test_outputs, axis=0), source="fold_ensemble"))
+    predictions = pd.concat(parts, ignore_index=True).sort_values("row", ignore_index=True)
+    fold_predictions = pd.concat(per_fold, ignore_index=True) if per_fold else pd.DataFrame()
+    return predictions, fold_predictions
 
 
-def evaluate_model(predictions: pd.DataFrame, task_name: str) -> dict[str, float]:
-    """The task's metrics on the test scans (e.g. MAE, RMSE, R², Pearson r for brain age).
+def evaluate_model(
+    predictions: pd.DataFrame, fold_predictions: pd.DataFrame, task_name: str
+) -> tuple[dict[str, float], pd.DataFrame]:
+    """Test metrics of the fold ensemble, and per-fold metrics with their mean and sd.
+
+    Args:
+        predictions: from :func:`predict_scans`.
+        fold_predictions: from :func:`predict_scans` (each fold model on the test scans).
+        task_name: registered task.
+
+    Returns:
+        ``(test_metrics, cv_metrics)``: the task's metrics (MAE, RMSE, R², r for brain age;
+        accuracy, sensitivity, specificity, AUC ... for classification) of the fold ensemble on
+        the test scans; and a table with one row per fold (``fold``; ``validation_<metric>`` on
+        the fold's out-of-fold predictions, ``test_<metric>`` of the fold's model on the test
+        set), then rows ``mean`` and ``sd`` (across folds, ddof=1) and ``out_of_fold``
+        (validation metrics of all out-of-fold predictions pooled).
 
     Raises:
         ValueError: if there are no test predictions.
@@ -127,4 +202,20 @@ def evaluate_model(predictions: pd.DataFrame, task_name: str) -> dict[str, float
         raise ValueError(f"{task_name}: no test scans to evaluate")
     metrics = task.compute_metrics(test)
     logger.info("%s test metrics: %s", task_name, {k: round(v, 4) for k, v in metrics.items()})
-    return metrics
+    oof = predictions[predictions.get("source", pd.Series(dtype=object)) == "out_of_fold"]
+    rows = []
+    for fold, part in oof.groupby("fold"):
+        row = {"fold": str(fold), **{f"validation_{k}": v for k, v in task.compute_metrics(part).items()}}
+        if not fold_predictions.empty:
+            own = fold_predictions[fold_predictions["model_fold"] == fold]
+            row.update({f"test_{k}": v for k, v in task.compute_metrics(own).items()})
+        rows.append(row)
+    cv_metrics = pd.DataFrame(rows)
+    if not cv_metrics.empty:
+        values = cv_metrics.drop(columns="fold")
+        summary = [{"fold": "mean", **values.mean().to_dict()}, {"fold": "sd", **values.std(ddof=1).to_dict()},
+                   {"fold": "out_of_fold", **{f"validation_{k}": v for k, v in task.compute_metrics(oof).items()}}]
+        cv_metrics = pd.concat([cv_metrics, pd.DataFrame(summary)], ignore_index=True)
+        logger.info("%s cross-validation over %d folds (mean +- sd): %s", task_name, len(rows), {
+            k.removeprefix("validation_"): f"{summary[0][k]:.4g} +- {summary[1][k]:.4g}" for k in values if k.startswith("validation_")})
+    return metrics, cv_metrics

@@ -23,9 +23,11 @@ def create_pipeline(task_name: str, **kwargs) -> Pipeline:
             node(bind_task(nodes.train_model, task_name),
                  ["volume_store", "task_scans", "params:model", "params:training"], ["model", "training_history"],
                  name="train_model"),
-            node(bind_task(nodes.predict_scans, task_name), ["model", "volume_store", "task_scans", "params:training"],
-                 "predictions", name="predict_scans"),
-            node(bind_task(nodes.evaluate_model, task_name), "predictions", "test_metrics", name="evaluate_model"),
+            node(bind_task(nodes.predict_scans, task_name),
+                 ["model", "volume_store", "task_scans", "params:training", "params:evaluation"],
+                 ["predictions", "fold_predictions"], name="predict_scans"),
+            node(bind_task(nodes.evaluate_model, task_name), ["predictions", "fold_predictions"],
+                 ["test_metrics", "cv_metrics"], name="evaluate_model"),
         ]
     )
     return pipeline(template, namespace=task_name, inputs=SHARED_INPUTS, tags=[task_name, "modelling"])
