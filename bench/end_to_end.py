@@ -88,7 +88,10 @@ def main() -> None:
                     f"{cv.loc['mean', f'test_{metric}']:.3f} +- {cv.loc['sd', f'test_{metric}']:.3f} | "
                     f"fold ensemble on test {test[metric]:.3f}")
             if "baseline" in r:
-                line += f" | volume baseline on test {r['baseline'][metric]:.3f}"
+                b = r["baseline"]
+                line += f" | volume baseline on test {b[metric]:.3f}"
+                if f"cv_{metric}_mean" in b:
+                    line += f" (cross-validation {b[f'cv_{metric}_mean']:.3f} +- {b[f'cv_{metric}_sd']:.3f})"
             print(line, flush=True)
 
 
