@@ -135,11 +135,10 @@ def log_fold_metrics(cv_metrics: pd.DataFrame, training_history: pd.DataFrame) -
     """
     if "mlflow_run_id" not in training_history or cv_metrics.empty:
         return {}
-    runs = training_history.drop_duplicates("fold").set_index(training_history.drop_duplicates("fold")["fold"].astype(str))
+    run_of_fold = {str(f): r for f, r in zip(training_history["fold"], training_history["mlflow_run_id"])}
     logged = {}
     for row in cv_metrics.to_dict("records"):
-        fold = str(row.pop("fold"))
-        run_id = runs["mlflow_run_id"].get(fold) if fold in runs.index else None
+        run_id = run_of_fold.get(str(row.pop("fold")))  # None for the mean/sd/out_of_fold rows
         if isinstance(run_id, str) and run_id:
             values = {k: float(v) for k, v in row.items() if pd.notna(v)}
             log_metrics(run_id, values)
