@@ -37,3 +37,23 @@ def test_table_cohort_unknown_template_column_is_a_clear_error(tmp_path):
     pd.DataFrame({"subject_id": ["s"]}).to_csv(tmp_path / "t.csv", index=False)
     with pytest.raises(KeyError, match="no column 'MRID'"):
         TableCohort(table="t.csv", image_template="{MRID}.nii", data_root=str(tmp_path)).build()
+
+
+def test_images_missing_from_the_table_join_as_unlabelled_rows_with_the_lookup(tmp_path):
+    (tmp_path / "t1").mkdir()
+    for name in ("IXI001-HH-1_T1.nii.gz", "IXI002-HH-2_T1.nii.gz", "notes.txt"):
+        (tmp_path / "t1" / name).write_bytes(b"")
+    (tmp_path / "muse.csv").write_text("600,CSF,1\n")
+    pd.DataFrame({"MRID": ["IXI001-HH-1"], "Age": ["30"], "Sex": ["F"]}).to_csv(tmp_path / "demo.csv", index=False)
+    cohort = TableCohort(table="demo.csv", columns={"subject_id": "MRID", "age": "Age", "sex": "Sex"},
+                         image_template="t1/{MRID}_T1.nii.gz", label_template="seg/{MRID}_seg.nii.gz",
+                         label_lookup="muse.csv", unlabelled_images="t1/*_T1.nii.gz", site="HH",
+                         data_root=str(tmp_path)).build()
+    assert list(cohort["subject_id"]) == ["IXI001-HH-1", "IXI002-HH-2"]  # listed once, then the unlisted one
+    extra = cohort.iloc[1]
+    assert pd.isna(extra["age"]) and pd.isna(extra["sex"]) and extra["site"] == "HH"
+    assert extra["label_path"].endswith("seg/IXI002-HH-2_seg.nii.gz")
+    assert (cohort["label_lookup"] == str(tmp_path.resolve() / "muse.csv")).all()
+    with pytest.raises(DataRootError, match="label_lookup"):
+        TableCohort(table="demo.csv", columns={"subject_id": "MRID"}, image_template="t1/{MRID}_T1.nii.gz",
+                    label_template="x/{MRID}", label_lookup="absent.csv", data_root=str(tmp_path)).build()

@@ -150,3 +150,33 @@ def test_split_honours_a_fixed_test_set_and_skips_failed_scans():
     assert set(splits.loc[splits["split"] == "test", "subject_id"]) == {"s0", "s1", "s2", "s3"}
     assert "s19" not in set(splits["subject_id"])
     assert splits.loc[splits["split"] == "train", "fold"].value_counts().sort_index().tolist() == [5, 5, 5]
+
+
+def test_unlabelled_subjects_join_the_folds_only_and_leave_the_labelled_split_unchanged():
+    rng = np.random.default_rng(2)
+    n = 40
+    labelled = pd.DataFrame({"subject_id": [f"s{i}" for i in range(n)], "session_id": "1",
+                             "age": rng.uniform(20, 80, n), "sex": rng.integers(0, 2, n).astype(float)})
+    unlabelled = pd.DataFrame({"subject_id": [f"u{i}" for i in range(4)], "session_id": "1", "age": np.nan, "sex": np.nan})
+    params = {"test_fraction": 0.2, "n_folds": 4, "seed": 0}
+    alone = split_by_subject(_store_with(labelled), params)
+    both = split_by_subject(_store_with(pd.concat([labelled, unlabelled], ignore_index=True)), params)
+    pd.testing.assert_frame_equal(both.iloc[:n], alone)
+    extra = both.iloc[n:]
+    assert (extra["split"] == "train").all() and sorted(extra["fold"]) == [0, 1, 2, 3]
+
+
+def test_label_lookup_turns_region_codes_into_tissue_classes(tmp_path):
+    image, _ = make_head(shape=(16, 16, 16))
+    regions = np.zeros((16, 16, 16), dtype=np.int16)
+    regions[4:12, 4:12, 4:12] = 23   # a GM code
+    regions[6:10, 6:10, 6:10] = 40   # a WM code
+    (tmp_path / "muse.csv").write_text("600,CSF,1\n601,GM,23\n604,WM,40\n509,V,4\n")
+    nib.save(image, tmp_path / "t1.nii.gz")
+    nib.save(nib.Nifti1Image(regions, image.affine), tmp_path / "regions.nii.gz")
+    table = pd.DataFrame({"subject_id": ["s"], "session_id": ["1"], "image_path": [str(tmp_path / "t1.nii.gz")],
+                          "label_path": [str(tmp_path / "regions.nii.gz")], "label_lookup": [str(tmp_path / "muse.csv")]})
+    lazy = preprocess_scans(table, {"grid_shape": [16, 16, 16], "voxel_size_mm": 2.0})
+    volume = lazy.compute(0)
+    assert set(np.unique(volume.label)) == {0, 2, 3}
+    assert (volume.label == 3).sum() == 4**3 and (volume.label == 2).sum() == 8**3 - 4**3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,17 @@ class TableCohort(CohortAdapter):
         image_template: ``str.format`` template of the image path, using the table's columns
             (original names), relative to ``data_root`` unless absolute.
         label_template: optional template of a label map on the image's grid.
+        label_lookup: optional table that maps the label maps' region codes to tissue classes
+            (a MUSE derived-ROI CSV such as IXI's ``muse_mapping_derived.csv``; see
+            :mod:`neurokedro.imaging.tissue`), relative to ``data_root`` unless absolute.
+            Without it label maps are taken to hold tissue classes already, or only serve as
+            brain masks.
+        unlabelled_images: optional glob (relative to ``data_root``) of images to add as rows
+            without labels when the table does not list them, e.g. scans whose subject has no
+            demographics: they serve label-free tasks (autoencoder pretraining) and prediction.
+            Each one's subject id is ``subject_id_pattern``'s first group in its file name.
+        subject_id_pattern: regular expression for ``unlabelled_images``
+            (default ``^(.+?)(?:_T1w?)?\.nii(?:\.gz)?$``).
         data_root: folder holding the table and images; relative to the working directory (the
             Kedro project root).
         data_root_env: environment variable that, when set, overrides ``data_root``.
@@ -67,6 +79,9 @@ class TableCohort(CohortAdapter):
         data_root_env: str | None = None,
         site: str | None = None,
         read_args: Mapping[str, Any] | None = None,
+        label_lookup: str | None = None,
+        unlabelled_images: str | None = None,
+        subject_id_pattern: str = r"^(.+?)(?:_T1w?)?\.nii(?:\.gz)?$",
     ) -> None:
         self.table = table
         self.image_template = image_template
@@ -76,6 +91,9 @@ class TableCohort(CohortAdapter):
         self.data_root_env = data_root_env
         self.site = site
         self.read_args = dict(read_args or {})
+        self.label_lookup = label_lookup
+        self.unlabelled_images = unlabelled_images
+        self.subject_id_pattern = subject_id_pattern
 
     def root(self) -> Path:
         """The data folder: ``$<data_root_env>`` when set, else ``data_root``."""
@@ -111,8 +129,38 @@ class TableCohort(CohortAdapter):
         out["image_path"] = [self._path(root, self.image_template, r) for r in records]
         out["label_path"] = [self._path(root, self.label_template, r) if self.label_template else None for r in records]
         extras = raw.drop(columns=[c for c in raw.columns if c in set(self.columns.values()) | set(out.columns)])
-        logger.info("Table cohort %s: %d rows", table_path, len(out))
-        return pd.concat([out, extras], axis=1)
+        table = pd.concat([out, extras], axis=1)
+        if self.unlabelled_images:
+            table = pd.concat([table, self._unlabelled_rows(root, table)], ignore_index=True)
+        if self.label_lookup:
+            lookup = Path(self.label_lookup) if Path(self.label_lookup).is_absolute() else root / self.label_lookup
+            if not lookup.is_file():
+                raise DataRootError(f"label_lookup table {str(lookup)!r} does not exist")
+            table["label_lookup"] = [str(lookup) if p else None for p in table["label_path"]]
+        logger.info("Table cohort %s: %d rows", table_path, len(table))
+        return table
+
+    def _unlabelled_rows(self, root: Path, table: pd.DataFrame) -> pd.DataFrame:
+        """Rows for the images matching ``unlabelled_images`` that the table does not list."""
+        listed = {str(Path(p).resolve()) for p in table["image_path"]}
+        pattern = re.compile(self.subject_id_pattern)
+        subject_column = self.columns.get("subject_id", "subject_id")
+        rows = []
+        for path in sorted(root.glob(self.unlabelled_images)):
+            match = pattern.search(path.name)
+            if str(path.resolve()) in listed or not match:
+                continue
+            record = {subject_column: match.group(1)}
+            rows.append({
+                "subject_id": match.group(1),
+                "site": self.site,
+                "image_path": str(path),
+                "label_path": self._path(root, self.label_template, record) if self.label_template else None,
+            })
+        if rows:
+            logger.info("Table cohort: %d image(s) not in the table added without labels (%s ...)", len(rows),
+                        ", ".join(r["subject_id"] for r in rows[:4]))
+        return pd.DataFrame(rows, columns=["subject_id", "site", "image_path", "label_path"])
 
     @staticmethod
     def _path(root: Path, template: str, row: Mapping[str, Any]) -> str:

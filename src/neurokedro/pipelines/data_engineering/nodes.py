@@ -26,6 +26,7 @@ from neurokedro.cohorts.labels import SEX_CODES, LabelError, parse_age, parse_se
 from neurokedro.imaging.checks import grids_match, image_problems
 from neurokedro.imaging.preprocess import DEFAULTS as PREPROCESSING_DEFAULTS
 from neurokedro.imaging.preprocess import preprocess_scan
+from neurokedro.imaging.tissue import tissue_classes_from_labels
 from neurokedro.io.volume_store import LazyVolumeStore, PreprocessedVolume, VolumeStore
 
 logger = logging.getLogger(__name__)
@@ -189,16 +190,27 @@ def _load_and_check(path: Any, expect_content: bool = True) -> tuple[list[tuple[
 class ScanPreprocessor:
     """Picklable callable ``row -> PreprocessedVolume`` (worker processes receive it)."""
 
-    def __init__(self, image_paths: list[str], label_paths: list[str | None], params: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        image_paths: list[str],
+        label_paths: list[str | None],
+        params: Mapping[str, Any],
+        label_lookups: list[str | None] | None = None,
+    ) -> None:
         self.image_paths = image_paths
         self.label_paths = label_paths
         self.params = dict(params)
+        self.label_lookups = label_lookups or [None] * len(image_paths)
 
     def __call__(self, i: int) -> PreprocessedVolume:
         image = nib.load(self.image_paths[i])
         label_path = self.label_paths[i]
         label = nib.load(label_path) if label_path else None
-        return preprocess_scan(image, label, self.params)
+        volume = preprocess_scan(image, label, self.params)
+        if volume.label is not None and self.label_lookups[i]:
+            # Region codes (e.g. DLMUSE) -> tissue classes, after the brain mask used them.
+            volume.label = tissue_classes_from_labels(volume.label, self.label_lookups[i])
+        return volume
 
 
 def preprocess_scans(cohort_table: pd.DataFrame, preprocessing: Mapping[str, Any]) -> LazyVolumeStore:
@@ -212,12 +224,15 @@ def preprocess_scans(cohort_table: pd.DataFrame, preprocessing: Mapping[str, Any
     Returns:
         A :class:`~neurokedro.io.volume_store.LazyVolumeStore`; the dataset computes and writes
         the scans when saving it, so memory does not grow with the cohort. A scan that fails is
-        recorded in the store's index (``preprocess_ok=False``) and in the QC table.
+        recorded in the store's index (``preprocess_ok=False``) and in the QC table. Label maps
+        of rows with a ``label_lookup`` table (e.g. MUSE's derived ROIs) are stored as tissue
+        classes (see :mod:`neurokedro.imaging.tissue`), others as they are.
     """
     p = {**PREPROCESSING_DEFAULTS, **dict(preprocessing)}
     index = cohort_table.reset_index(drop=True).copy()
     index["row"] = np.arange(len(index))
     labels = [None if _is_blank(v) else str(v) for v in index["label_path"]]
+    lookups = [None if _is_blank(v) else str(v) for v in index.get("label_lookup", pd.Series(None, index=index.index))]
     compute_params = {k: p[k] for k in PREPROCESSING_DEFAULTS}
     meta = {
         "preprocessing": compute_params,
@@ -231,7 +246,7 @@ def preprocess_scans(cohort_table: pd.DataFrame, preprocessing: Mapping[str, Any
         dtype=str(p.get("dtype", "float32")),
         with_labels=any(labels),
         meta=meta,
-        compute=ScanPreprocessor([str(v) for v in index["image_path"]], labels, compute_params),
+        compute=ScanPreprocessor([str(v) for v in index["image_path"]], labels, compute_params, lookups),
         n_workers=int(p.get("n_workers", 1)),
     )
 
@@ -256,6 +271,8 @@ def split_by_subject(volume_store: VolumeStore, split: Mapping[str, Any]) -> pd.
     folds are balanced for the target of every task (sex for classification, age for
     regression); a small cohort falls back to coarser strata instead of failing. A ``split``
     column of the cohort table (``train``/``test``) is honoured: its test scans stay the test set.
+    Subjects with no label in ``stratify_by`` (unlabelled scans) never enter the test set; they
+    are dealt into the folds after the labelled subjects are split, for label-free tasks.
 
     Args:
         volume_store: the store (its index holds the cohort columns and ``preprocess_ok``).
@@ -276,25 +293,48 @@ def split_by_subject(volume_store: VolumeStore, split: Mapping[str, Any]) -> pd.
     scans = index[ok].reset_index(drop=True)
     if scans.empty:
         raise EmptyCohortError("No scan was preprocessed successfully; see data/08_reporting/qc_table.csv")
-    seed = int(split.get("seed", 42))
-    strata = _strata(scans, split.get("stratify_by", ["sex", "age"]), int(split.get("age_bins", 4)))
+    seed, n_folds = int(split.get("seed", 42)), int(split.get("n_folds", 5))
+    stratify_by = list(split.get("stratify_by", ["sex", "age"]))
+    unlabelled = _unlabelled_subjects(scans, stratify_by)
+    labelled = scans[~unlabelled]
+    strata = _strata(labelled, stratify_by, int(split.get("age_bins", 4)))
     assigned = pd.Series("train", index=scans.index, dtype=object)
     fixed = scans["split"].astype(str).str.lower() if "split" in scans else None
     if fixed is not None and fixed.isin(["train", "test"]).any():
         assigned[fixed == "test"] = "test"
         logger.info("Honouring the cohort's fixed split column: %d test scans", int((fixed == "test").sum()))
     else:
-        test = _draw(scans.index, scans["subject_id"], strata, float(split.get("test_fraction", 0.2)), seed)
+        test = _draw(labelled.index, labelled["subject_id"], strata, float(split.get("test_fraction", 0.2)), seed)
         assigned[test] = "test"
-    rest = scans.index[assigned != "test"]
+    rest = labelled.index[assigned[labelled.index] != "test"]
     result = scans[["row", "subject_id", "session_id"]].copy()
     result["split"] = assigned.to_numpy()
     result["fold"] = -1
-    result.loc[rest, "fold"] = _folds(rest, scans.loc[rest, "subject_id"], strata, int(split.get("n_folds", 5)), seed + 1)
+    result.loc[rest, "fold"] = _folds(rest, labelled.loc[rest, "subject_id"], strata, n_folds, seed + 1)
+    if unlabelled.any():
+        # Subjects without any label never enter the test set (nothing to evaluate there); they
+        # are dealt round-robin into the folds for label-free tasks (autoencoder pretraining),
+        # after the labelled split, which is therefore the same with or without them.
+        free = scans.index[unlabelled & (assigned != "test")]
+        subjects = pd.unique(scans.loc[free, "subject_id"])
+        order = np.random.default_rng(seed + 2).permutation(len(subjects))
+        fold_of = {subjects[i]: k % n_folds for k, i in enumerate(order)}
+        result.loc[free, "fold"] = scans.loc[free, "subject_id"].map(fold_of).to_numpy()
+        logger.info("%d scan(s) of %d subject(s) without labels go to the training folds only", len(free), len(subjects))
     assert_no_subject_leakage(result)
     logger.info("Split: %d test scans; %d-fold cross-validation over %d scans (%s per fold)", int((result["split"] == "test").sum()),
                 result.loc[rest, "fold"].nunique(), len(rest), result.loc[rest, "fold"].value_counts().sort_index().tolist())
     return result
+
+
+def _unlabelled_subjects(scans: pd.DataFrame, label_columns: list[str]) -> pd.Series:
+    """True for the scans of subjects with no value in any of ``label_columns`` (all False when
+    no subject has one: a label-free cohort is then split like any other)."""
+    columns = [c for c in label_columns if c in scans]
+    if not columns:
+        return pd.Series(False, index=scans.index)
+    has_label = scans[columns].notna().any(axis=1).groupby(scans["subject_id"]).transform("any")
+    return ~has_label if has_label.any() else pd.Series(False, index=scans.index)
 
 
 def _strata(scans: pd.DataFrame, stratify_by: list[str], age_bins: int) -> list[pd.Series]:
