@@ -4,7 +4,8 @@
     python bench/end_to_end.py --only ixi-age --only ixi-sex    # some of them
     python bench/end_to_end.py --only ixi-sex --model slice_cnn # another registered model
 
-Runs: ``demo-age`` (the README's command), ``demo-sex``, ``ixi-age``, ``ixi-sex`` (``--env ixi``).
+Runs: ``demo-age`` (the README's command), ``demo-sex``, ``demo-seg``, ``demo-ae``, and the same
+on real IXI data (``ixi-age``, ``ixi-sex``, ``ixi-seg``, ``ixi-ae``: ``--env ixi``).
 Each happens in a fresh copy of the project's configuration under a temporary folder, so the
 project's own data/ and mlflow.db are untouched and no cache from an earlier run is reused.
 Prints per run: wall time, cross-validation mean ± sd over folds, the fold ensemble's test
@@ -34,36 +35,74 @@ RUNS = {  # name: (pipeline, kedro env)
     "demo-sex": ("sex_classification", None),
     "ixi-age": ("age_regression", "ixi"),
     "ixi-sex": ("sex_classification", "ixi"),
+    "demo-seg": ("tissue_segmentation", None),
+    "demo-ae": ("autoencoder", None),
+    "ixi-seg": ("tissue_segmentation", "ixi"),
+    "ixi-ae": ("autoencoder", "ixi"),
 }
-SHOWN = {"age_regression": ("mae", "r2"), "sex_classification": ("accuracy", "sensitivity", "specificity", "roc_auc")}
+SHOWN = {"age_regression": ("mae", "r2"), "sex_classification": ("accuracy", "sensitivity", "specificity", "roc_auc"),
+         "tissue_segmentation": ("mean_dice", "dice_CSF", "dice_GM", "dice_WM", "hd95_CSF", "hd95_GM", "hd95_WM",
+                                 "volume_mae_ml_GM", "volume_r_GM"),
+         "autoencoder": ("mse", "psnr", "ssim")}
 BASELINE = {"age_regression": "age: ridge on tissue fractions + ICV",
             "sex_classification": "sex: logistic regression on tissue fractions + ICV"}
 
 
-def run_in_copy(name: str, model: str | None, params: list[str], keep: Path | None) -> dict:
-    pipeline, env = RUNS[name]
+def work_copy(name: str) -> Path:
+    """A fresh folder holding the project's configuration (not its data/, mlflow.db or conf/local)."""
     work = Path(tempfile.mkdtemp(prefix=f"neurokedro-bench-{name}-"))
     for item in ("pyproject.toml", ".telemetry"):
         shutil.copy(ROOT / item, work)
     shutil.copytree(ROOT / "conf", work / "conf", ignore=shutil.ignore_patterns("local"))
     (work / "conf" / "local").mkdir()
     (work / "src").mkdir()
-    overrides = [f"{pipeline}.training.progress_bar=false"] + ([f"{pipeline}.model.name={model}"] if model else []) + params
+    return work
+
+
+def ixi_dir() -> Path:
+    return Path(os.environ.get("NEUROKEDRO_IXI_DIR", str((ROOT.parent / "shared" / "data" / "ixi_hh").resolve())))
+
+
+def kedro_run(work: Path, pipeline: str, env: str | None, overrides: list[str]) -> float:
+    """Run ``kedro run --pipeline <pipeline>`` in ``work``; the wall time in seconds.
+
+    Raises:
+        SystemExit: if the run fails (its output's tail goes to stderr).
+    """
+    overrides = [f"{pipeline}.training.progress_bar=false", *overrides]
     command = ["kedro", "run", "--pipeline", pipeline, "--params", ",".join(overrides)] + (["--env", env] if env else [])
-    environment = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1"}
-    ixi = Path(environment.setdefault("NEUROKEDRO_IXI_DIR", str((ROOT.parent / "shared" / "data" / "ixi_hh").resolve())))
+    environment = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1", "NEUROKEDRO_IXI_DIR": str(ixi_dir())}
     start = time.perf_counter()
     result = subprocess.run(command, cwd=work, env=environment, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if result.returncode != 0:
         sys.stderr.write(result.stdout[-4000:] + result.stderr[-4000:])
-        raise SystemExit(f"{name}: {' '.join(command)} failed (exit {result.returncode}); work folder {work}")
+        raise SystemExit(f"{' '.join(command)} failed (exit {result.returncode}); work folder {work}")
+    return wall
+
+
+def results(work: Path, pipeline: str) -> dict:
+    """The run's test metrics (fold ensemble) and cross-validation table."""
     reports = work / "data/08_reporting" / pipeline
-    row = {"name": name + (f" ({model})" if model else ""), "pipeline": pipeline, "wall_s": wall,
-           "test": json.loads((reports / "test_metrics.json").read_text()),
-           "cv": pd.read_csv(reports / "cv_metrics.csv").set_index("fold")}
-    if env == "ixi":
-        row["baseline"] = baselines(work, ixi)[BASELINE[pipeline]]
+    return {"test": json.loads((reports / "test_metrics.json").read_text()),
+            "cv": pd.read_csv(reports / "cv_metrics.csv").set_index("fold")}
+
+
+def cv_line(metric: str, cv: pd.DataFrame, test: dict) -> str:
+    """``metric``: CV mean +- sd | fold models on test | fold ensemble on test."""
+    return (f"   {metric:12s} cross-validation {cv.loc['mean', f'validation_{metric}']:.3f} "
+            f"+- {cv.loc['sd', f'validation_{metric}']:.3f} | fold models on test "
+            f"{cv.loc['mean', f'test_{metric}']:.3f} +- {cv.loc['sd', f'test_{metric}']:.3f} | "
+            f"fold ensemble on test {test[metric]:.3f}")
+
+
+def run_in_copy(name: str, model: str | None, params: list[str], keep: Path | None) -> dict:
+    pipeline, env = RUNS[name]
+    work = work_copy(name)
+    wall = kedro_run(work, pipeline, env, ([f"{pipeline}.model.name={model}"] if model else []) + params)
+    row = {"name": name + (f" ({model})" if model else ""), "pipeline": pipeline, "wall_s": wall, **results(work, pipeline)}
+    if env == "ixi" and pipeline in BASELINE:
+        row["baseline"] = baselines(work, ixi_dir())[BASELINE[pipeline]]
     if keep:
         shutil.copytree(work / "data", keep / name, dirs_exist_ok=True)
     shutil.rmtree(work, ignore_errors=True)
@@ -83,10 +122,7 @@ def main() -> None:
         print(f"== {r['name']}: {r['wall_s']:.0f} s ({r['wall_s'] / 60:.1f} min), {len(cv) - 3} folds, "
               f"{test['n']} test subjects")
         for metric in SHOWN[r["pipeline"]]:
-            line = (f"   {metric:12s} cross-validation {cv.loc['mean', f'validation_{metric}']:.3f} "
-                    f"+- {cv.loc['sd', f'validation_{metric}']:.3f} | fold models on test "
-                    f"{cv.loc['mean', f'test_{metric}']:.3f} +- {cv.loc['sd', f'test_{metric}']:.3f} | "
-                    f"fold ensemble on test {test[metric]:.3f}")
+            line = cv_line(metric, cv, test)
             if "baseline" in r:
                 b = r["baseline"]
                 line += f" | volume baseline on test {b[metric]:.3f}"

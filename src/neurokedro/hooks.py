@@ -1,4 +1,4 @@
-"""Project hooks: MLflow experiment per pipeline."""
+"""Project hooks: MLflow experiment per pipeline, and no finished run left active after it."""
 
 from __future__ import annotations
 
@@ -39,3 +39,33 @@ class NeuroKedroHooks:
             config._set_experiment()
         except Exception as exc:  # noqa: BLE001 - tracking problems must not stop a run
             logger.warning("Could not set the MLflow experiment %r: %s", name, exc)
+
+    @hook_impl(trylast=True)
+    def after_pipeline_run(self, run_params: dict[str, Any]) -> None:
+        _release_finished_runs()
+
+    @hook_impl(trylast=True)
+    def on_pipeline_error(self, error: Exception, run_params: dict[str, Any]) -> None:
+        _release_finished_runs()
+
+
+def _release_finished_runs() -> None:
+    """Pop MLflow runs that already ended from the fluent run stack.
+
+    kedro-mlflow terminates the pipeline's run but it can stay MLflow's "active run" in the
+    process; a second Kedro session in the same process (a notebook, a test) would then log
+    into it, under the first pipeline's experiment. A run that is still RUNNING (one the user
+    started around the session) is left alone.
+    """
+    try:
+        import mlflow
+    except ImportError:
+        return
+    while (run := mlflow.active_run()) is not None:
+        try:
+            status = mlflow.get_run(run.info.run_id).info.status
+        except Exception:  # noqa: BLE001 - tracking problems must not stop a run
+            return
+        if status == "RUNNING":
+            return
+        mlflow.end_run(status)

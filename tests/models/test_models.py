@@ -162,3 +162,12 @@ def test_slice_cnn_returns_one_output_per_slice_of_each_plane():
         SliceCNN((1, 16, 16, 16), 1, planes=["oblique"])
     with pytest.raises(ValueError, match="span"):
         SliceCNN((1, 16, 16, 16), 1, n_slices=9, spacing=2)
+
+
+def test_unet_gives_class_scores_per_voxel_and_refuses_indivisible_inputs():
+    net = build_model({"name": "unet", "unet": {"channels": [4, 8, 16]}}, (1, 16, 16, 16), 4)
+    assert net(torch.randn(2, 1, 16, 16, 16)).shape == (2, 4, 16, 16, 16)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        build_model({"name": "unet", "unet": {"channels": [4, 8, 16]}}, (1, 18, 16, 16), 4)
+    with pytest.raises(ValueError, match="divisible"):
+        build_model({"name": "autoencoder", "autoencoder": {"channels": [4, 8, 8]}}, (1, 10, 16, 16), 1)

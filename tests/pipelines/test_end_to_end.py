@@ -19,7 +19,7 @@ def _assert_tracked(root, task, n_folds, headline, expected):
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(task)
     assert experiment is not None
-    runs = client.search_runs([experiment.experiment_id])
+    runs = [r for r in client.search_runs([experiment.experiment_id]) if r.info.status != "FAILED"]
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert parent.info.status == "FINISHED" and len(runs) == 1 + n_folds
@@ -95,7 +95,9 @@ def test_ixi_age_regression_runs_end_to_end_on_real_mri(kedro_project, ixi_dir, 
                                                              "age_regression": {"training": FAST_TRAINING}})
     metrics, _ = _assert_complete_age_run(root, n_folds=2)
     splits = pd.read_csv(root / "data/05_model_input/splits.csv")
-    assert len(splits) == 145 and splits["subject_id"].nunique() == 145  # every labelled IXI scan
+    assert len(splits) == 149 and splits["subject_id"].nunique() == 149  # every IXI scan, 4 of them unlabelled
+    predictions = pd.read_csv(root / "data/07_model_output/age_regression/predictions.csv")
+    assert len(predictions) == 145  # the age task uses the labelled ones
     assert 25 <= metrics["n"] <= 35  # ~20 % held out
     qc = pd.read_csv(root / "data/08_reporting/qc_table.csv")
     assert qc.empty  # the shared IXI sample is clean
@@ -115,6 +117,46 @@ def test_ixi_sex_classification_with_the_slice_model(kedro_project, ixi_dir, mon
         assert (root / "data/08_reporting/sex_classification" / plot).stat().st_size > 1000
     model = _assert_tracked(root, "sex_classification", 2, "accuracy", metrics["accuracy"])
     assert type(model.members[0].net).__name__ == "SliceCNN"
+
+
+def test_demo_segmentation_autoencoder_and_encoder_transfer(kedro_project):
+    import nibabel as nib
+
+    from neurokedro.io import VolumeStoreDataset
+
+    common = {"cohort": {"demo": {"n_subjects": 14}}, "split": {"n_folds": 2}}
+    fast = {**FAST_TRAINING, "batch_size": 2}
+    root = kedro_project("tissue_segmentation", params={**common, "tissue_segmentation": {"training": fast}})
+    predictions, metrics = _assert_cross_validated(root, "tissue_segmentation", n_folds=2)
+    assert all(0 <= metrics[f"dice_{c}"] <= 1 and np.isfinite(metrics[f"hd95_{c}"]) for c in ("CSF", "GM", "WM"))
+    assert (predictions["volume_reference_ml_GM"] > 100).all()  # a demo brain's GM, in mL
+    # one NIfTI label map per test subject, on the scan's preprocessed grid (same affine)
+    store = VolumeStoreDataset(filepath=str(root / "data/03_primary/volume_store")).load()
+    test = predictions[predictions["split"] == "test"]
+    for record in test.to_dict("records"):
+        image = nib.load(root / f"data/07_model_output/tissue_segmentation/label_maps/{record['subject_id']}_ses-1_dseg.nii.gz")
+        np.testing.assert_allclose(image.affine, store.affines[record["row"]])
+        assert image.shape == store.images.shape[2:] and set(np.unique(np.asarray(image.dataobj))) <= {0, 1, 2, 3}
+    assert (root / "data/08_reporting/tissue_segmentation/segmentation_overlays.png").stat().st_size > 1000
+    _assert_tracked(root, "tissue_segmentation", 2, "mean_dice", metrics["mean_dice"])
+
+    # transfer before any autoencoder exists: a clear error
+    with pytest.raises(Exception) as info:
+        kedro_project("age_regression", params={**common, "age_regression": {"training": {**fast, "init_from": "autoencoder"}}})
+    assert "kedro run --pipeline autoencoder" in str(info.value) + str(info.value.__cause__)
+
+    kedro_project("autoencoder", params={**common, "autoencoder": {"training": fast}})
+    _, ae_metrics = _assert_cross_validated(root, "autoencoder", n_folds=2)
+    assert ae_metrics["mse"] > 0 and np.isfinite(ae_metrics["psnr"]) and -1 <= ae_metrics["ssim"] <= 1
+    assert (root / "data/08_reporting/autoencoder/reconstructions.png").stat().st_size > 1000
+
+    kedro_project("age_regression", params={**common, "age_regression": {"training": {**fast, "init_from": "autoencoder"}}})
+    metrics, _ = _assert_complete_age_run(root, n_folds=2)
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("age_regression")
+    runs = client.search_runs([experiment.experiment_id], filter_string="attributes.status = 'FINISHED'")
+    parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert parent and parent[0].data.params["age_regression.training.init_from"] == "autoencoder"
 
 
 def test_missing_ixi_folder_is_a_clear_error(kedro_project, monkeypatch, tmp_path):
@@ -143,3 +185,6 @@ def test_kedro_viz_build_shows_the_task_namespace(kedro_project):
     by_name = {n["name"]: n for n in tasks.values()}
     assert "age_regression" in by_name["train_model"]["modular_pipelines"]
     assert "age_regression" not in (by_name["preprocess_scans"]["modular_pipelines"] or [])
+    # the autoencoder's model is a dataset feeding age_regression's training (encoder transfer)
+    datasets = {n["name"] for n in pipeline["nodes"] if n["type"] == "data"}
+    assert "autoencoder.model" in datasets

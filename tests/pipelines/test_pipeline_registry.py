@@ -27,3 +27,15 @@ def test_reporting_draws_the_figures_of_each_task():
             "sex_classification.log_fold_metrics"} <= sex
     assert "sex_classification.plot_predicted_vs_true" not in sex
     assert "age_regression.plot_confusion_matrix" not in {n.name for n in pipelines["age_regression"].nodes}
+
+
+def test_autoencoder_model_is_the_dataset_edge_into_the_supervised_pipelines():
+    pipelines = register_pipelines()
+    assert "autoencoder.model" in pipelines["autoencoder"].outputs() | pipelines["autoencoder"].all_outputs()
+    for task in ("age_regression", "sex_classification"):
+        assert "autoencoder.model" in pipelines[task].inputs()
+    for task in ("tissue_segmentation", "autoencoder"):
+        assert "autoencoder.model" not in pipelines[task].inputs()
+    seg = {n.name for n in pipelines["tissue_segmentation"].nodes}
+    assert {"tissue_segmentation.predict_label_maps", "tissue_segmentation.plot_segmentation_overlays"} <= seg
+    assert "autoencoder.plot_reconstructions" in {n.name for n in pipelines["autoencoder"].nodes}

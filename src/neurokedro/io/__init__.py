@@ -6,6 +6,7 @@ Catalog entries refer to them by full path, e.g. ``type: neurokedro.io.NiftiData
 
 from neurokedro.io.atomic import atomic_replace_dir, atomic_write_path
 from neurokedro.io.nifti import NiftiDataset
+from neurokedro.io.optional import OptionalDataset
 from neurokedro.io.volume_store import (
     LazyVolumeStore,
     PreprocessedVolume,
@@ -16,6 +17,7 @@ from neurokedro.io.volume_store import (
 __all__ = [
     "LazyVolumeStore",
     "NiftiDataset",
+    "OptionalDataset",
     "PreprocessedVolume",
     "VolumeStore",
     "VolumeStoreDataset",

@@ -39,7 +39,9 @@ def _validation_metrics(y_pred: np.ndarray, y_true: np.ndarray) -> dict[str, flo
     return {"mae": float(np.mean(np.abs(np.asarray(y_pred, float).ravel() - np.asarray(y_true, float).ravel())))}
 
 
-def _describe(table: pd.DataFrame, y_pred: np.ndarray, options: Mapping[str, Any] | None = None) -> pd.DataFrame:
+def _describe(
+    table: pd.DataFrame, y_pred: np.ndarray, options: Mapping[str, Any] | None = None, reference: Any = None
+) -> pd.DataFrame:
     out = pd.DataFrame(
         {
             "chronological_age": pd.to_numeric(table["age"], errors="coerce").to_numpy(float),
@@ -66,4 +68,5 @@ AGE_REGRESSION = Task(
     headline_metric="mae",
     headline_mode="min",
     report_items=("predicted_vs_true", "learning_curves"),
+    accepts_pretrained=True,
 )

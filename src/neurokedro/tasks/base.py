@@ -18,6 +18,7 @@ from torch import nn
 from neurokedro import plugins
 
 TaskKind = Literal["regression", "classification", "segmentation", "reconstruction"]
+TargetSource = Literal["table", "label_map", "image"]
 
 
 @dataclass(frozen=True)
@@ -28,16 +29,19 @@ class Task:
         name: registry name, also the pipeline name and namespace (``age_regression``).
         kind: ``"regression"``, ``"classification"``, ``"segmentation"`` or ``"reconstruction"``.
         target: cohort-table column holding the target (``"age"``); rows where it is missing
-            are left out of this task and listed in its QC findings.
-        out_size: number of model outputs.
+            are left out of this task and listed in its QC findings. For a ``label_map`` task,
+            the column whose presence says the scan has one (``"label_path"``).
+        out_size: number of model outputs (classes for segmentation, channels for reconstruction).
         default_model: registered model used when the parameters name none.
         make_loss: factory of the training loss, called as ``make_loss(train_targets, **params)``
             with the (M,) float32 targets of the training part only (for class weights) and the
             task's ``training.loss`` parameters.
         compute_metrics: predictions table -> ``{metric: value}`` on the rows given.
-        describe_predictions: ``(table, y_pred, options) -> DataFrame`` of per-scan predictions
-            with the task's columns (e.g. predicted age and brain-age gap); ``options`` are the
-            task's ``evaluation`` parameters (e.g. a decision ``threshold``).
+        describe_predictions: ``(table, y_pred, options, reference) -> DataFrame`` of per-scan
+            predictions with the task's columns (e.g. predicted age and brain-age gap, or a
+            scan's Dice per tissue); ``options`` are the task's ``evaluation`` parameters (e.g. a
+            decision ``threshold``); ``reference`` is the volume store (for voxel-wise tasks,
+            whose references are its label maps or images).
         validation_metrics: ``(y_pred, y_true) -> {metric: value}`` computed after each
             validation epoch on outputs in the target's unit (probabilities for classification);
             logged as ``val_<metric>``.
@@ -46,8 +50,14 @@ class Task:
         headline_metric: validation metric (``val_<name>``) for early stopping and checkpoints;
             ``"loss"`` uses the validation loss.
         headline_mode: ``"min"`` or ``"max"`` for the headline metric.
-        report_items: figures the reporting pipeline draws for this task
-            (``predicted_vs_true``, ``learning_curves``, ``confusion_matrix``, ``roc_curve``).
+        report_items: figures and outputs of the reporting pipeline for this task
+            (``predicted_vs_true``, ``learning_curves``, ``confusion_matrix``, ``roc_curve``,
+            ``segmentation_overlays``, ``reconstructions``).
+        target_source: where a sample's target comes from: ``"table"`` (one value per scan,
+            the ``target`` column), ``"label_map"`` (the store's label map, voxel-wise) or
+            ``"image"`` (the scan itself, for reconstruction).
+        accepts_pretrained: the task's pipeline takes the autoencoder's model as an input, for
+            ``training.init_from: autoencoder`` (encoder transfer).
     """
 
     name: str
@@ -57,16 +67,29 @@ class Task:
     default_model: str
     make_loss: Callable[..., nn.Module]
     compute_metrics: Callable[[pd.DataFrame], dict[str, float]]
-    describe_predictions: Callable[[pd.DataFrame, np.ndarray, Mapping[str, Any]], pd.DataFrame]
+    describe_predictions: Callable[..., pd.DataFrame]
     validation_metrics: Callable[[np.ndarray, np.ndarray], dict[str, float]] = field(default=lambda p, t: {})
     standardise_target: bool = False
     target_unit: str = ""
     headline_metric: str = "mae"
     headline_mode: Literal["min", "max"] = "min"
     report_items: tuple[str, ...] = field(default_factory=tuple)
+    target_source: TargetSource = "table"
+    accepts_pretrained: bool = False
+
+    @property
+    def voxelwise(self) -> bool:
+        """The target is a volume (label map or image), not one value per scan."""
+        return self.target_source != "table"
 
     def target_values(self, table: pd.DataFrame) -> np.ndarray:
-        """(N,) float32 target of each row of ``table`` (NaN where missing)."""
+        """(N,) float32 target of each row of ``table`` (NaN where missing). For voxel-wise
+        tasks 1.0 marks a usable scan (with a label map, for ``label_map`` tasks)."""
+        if self.target_source == "image":
+            return np.ones(len(table), dtype=np.float32)
+        if self.target_source == "label_map":
+            present = table[self.target].notna() & table[self.target].astype(str).str.strip().ne("") if self.target in table else False
+            return np.where(present, 1.0, np.nan).astype(np.float32)
         if self.target is None:
             return np.full(len(table), np.nan, dtype=np.float32)
         return pd.to_numeric(table[self.target], errors="coerce").to_numpy(dtype=np.float32)

@@ -55,7 +55,9 @@ def classification_loss(train_targets: np.ndarray | None = None, name: str = "bc
     return nn.BCEWithLogitsLoss(pos_weight=torch.tensor([weight], dtype=torch.float32))
 
 
-def _describe(table: pd.DataFrame, y_pred: np.ndarray, options: Mapping[str, Any] | None = None) -> pd.DataFrame:
+def _describe(
+    table: pd.DataFrame, y_pred: np.ndarray, options: Mapping[str, Any] | None = None, reference: Any = None
+) -> pd.DataFrame:
     threshold = float((options or {}).get("threshold", 0.5))
     probability = np.asarray(y_pred, dtype=float).ravel()
     truth = pd.to_numeric(table["sex"], errors="coerce").to_numpy(float)
@@ -98,4 +100,5 @@ SEX_CLASSIFICATION = Task(
     headline_metric="loss",
     headline_mode="min",
     report_items=("confusion_matrix", "roc_curve", "learning_curves"),
+    accepts_pretrained=True,
 )

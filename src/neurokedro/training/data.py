@@ -11,7 +11,7 @@ from monai import transforms as mt
 from torch.utils.data import Dataset
 
 
-def build_augmentation(params: Mapping[str, Any] | None) -> mt.Compose | None:
+def build_augmentation(params: Mapping[str, Any] | None, voxelwise: str | None = None) -> mt.Compose | None:
     """MONAI augmentation for training volumes ``(C, D, H, W)`` on a RAS grid.
 
     Args:
@@ -21,31 +21,42 @@ def build_augmentation(params: Mapping[str, Any] | None) -> mt.Compose | None:
             (in z-score units), intensity scaling multiplies by ``1 + U(-s, s)``, the flip is
             left-right (axis 0 of a RAS grid), the affine is a small random rotation (degrees),
             scaling and translation (voxels).
+        voxelwise: ``None`` for a per-scan target: the transform takes and returns an image.
+            ``"label_map"`` or ``"image"`` for a voxel-wise target: the transform takes and
+            returns ``{"image", "target"}``; flips and affines move both alike (a label map
+            with nearest-neighbour interpolation), intensity scaling and noise touch the image
+            only (so an autoencoder learns to denoise).
 
     Returns:
         A ``monai.transforms.Compose`` or ``None``.
     """
     if not params or not params.get("enabled", True):
         return None
+    keys = ["image", "target"]
+    target_mode = "nearest" if voxelwise == "label_map" else "bilinear"
     steps: list[Any] = []
     if params.get("affine_prob", 0) > 0:
         rad = np.deg2rad(params.get("rotate_deg", 5.0))
-        steps.append(
-            mt.RandAffine(
-                prob=params["affine_prob"],
-                rotate_range=(rad, rad, rad),
-                scale_range=(params.get("scale", 0.05),) * 3,
-                translate_range=(params.get("translate_vox", 2),) * 3,
-                padding_mode="zeros",
-                mode="bilinear",
-            )
-        )
+        affine = {
+            "prob": params["affine_prob"],
+            "rotate_range": (rad, rad, rad),
+            "scale_range": (params.get("scale", 0.05),) * 3,
+            "translate_range": (params.get("translate_vox", 2),) * 3,
+            "padding_mode": "zeros",
+        }
+        steps.append(mt.RandAffined(keys, mode=("bilinear", target_mode), **affine) if voxelwise
+                     else mt.RandAffine(mode="bilinear", **affine))
     if params.get("flip_prob", 0) > 0:
-        steps.append(mt.RandFlip(prob=params["flip_prob"], spatial_axis=0))
+        steps.append(mt.RandFlipd(keys, prob=params["flip_prob"], spatial_axis=0) if voxelwise
+                     else mt.RandFlip(prob=params["flip_prob"], spatial_axis=0))
     if params.get("intensity_prob", 0) > 0:
-        steps.append(mt.RandScaleIntensity(factors=params.get("intensity_scale", 0.1), prob=params["intensity_prob"]))
+        factors, prob = params.get("intensity_scale", 0.1), params["intensity_prob"]
+        steps.append(mt.RandScaleIntensityd("image", factors=factors, prob=prob) if voxelwise
+                     else mt.RandScaleIntensity(factors=factors, prob=prob))
     if params.get("noise_prob", 0) > 0:
-        steps.append(mt.RandGaussianNoise(prob=params["noise_prob"], std=params.get("noise_std", 0.1)))
+        std, prob = params.get("noise_std", 0.1), params["noise_prob"]
+        steps.append(mt.RandGaussianNoised("image", prob=prob, std=std) if voxelwise
+                     else mt.RandGaussianNoise(prob=prob, std=std))
     return mt.Compose(steps) if steps else None
 
 
@@ -60,9 +71,15 @@ class VolumeDataset(Dataset):
             an in-memory array in tests).
         rows: indices along N of the samples, in order.
         targets: ``(len(rows),)`` float32 targets (already standardised when the task wants it).
-        augment: MONAI transform applied to each ``(C, D, H, W)`` image, or ``None``.
+        augment: MONAI transform applied to each ``(C, D, H, W)`` image (to ``{"image",
+            "target"}`` for voxel-wise targets; see :func:`build_augmentation`), or ``None``.
+        voxelwise: ``None`` (per-scan ``targets``), ``"label_map"`` (the target is the scan's
+            label map from ``labels``) or ``"image"`` (the target is the scan itself).
+        labels: the store's ``(N, 1, D, H, W)`` integer label maps, for ``"label_map"``.
 
-    ``__getitem__`` returns ``(float32 tensor (C, D, H, W), float32 tensor (1,))``.
+    ``__getitem__`` returns ``(float32 tensor (C, D, H, W), target)``: a float32 tensor ``(1,)``;
+    for ``"label_map"`` an int64 tensor ``(1, D, H, W)`` of classes; for ``"image"`` the
+    un-noised float32 image ``(C, D, H, W)``.
     """
 
     def __init__(
@@ -71,9 +88,18 @@ class VolumeDataset(Dataset):
         rows: Sequence[int],
         targets: np.ndarray | None = None,
         augment: mt.Compose | None = None,
+        voxelwise: str | None = None,
+        labels: np.ndarray | None = None,
     ) -> None:
+        if voxelwise not in (None, "label_map", "image"):
+            raise ValueError(f"voxelwise must be None, 'label_map' or 'image'; got {voxelwise!r}")
+        if voxelwise == "label_map" and labels is None:
+            raise ValueError("a label-map target needs the store's label maps (labels=None)")
+        self.voxelwise = voxelwise
         self._filename = getattr(images, "filename", None)
         self._images = None if self._filename is not None else images
+        self._labels_filename = getattr(labels, "filename", None)
+        self._labels = None if self._labels_filename is not None else labels
         self.rows = np.asarray(rows, dtype=np.int64)
         self.targets = (
             np.zeros(len(self.rows), dtype=np.float32) if targets is None else np.asarray(targets, dtype=np.float32)
@@ -88,18 +114,36 @@ class VolumeDataset(Dataset):
             self._images = np.load(self._filename, mmap_mode="r")
         return self._images
 
+    @property
+    def labels(self) -> np.ndarray | None:
+        if self._labels is None and self._labels_filename is not None:
+            self._labels = np.load(self._labels_filename, mmap_mode="r")
+        return self._labels
+
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         image = torch.from_numpy(np.array(self.images[self.rows[i]], dtype=np.float32))
+        if self.voxelwise is None:
+            if self.augment is not None:
+                image = torch.as_tensor(self.augment(image), dtype=torch.float32)
+            return image, torch.tensor([self.targets[i]], dtype=torch.float32)
+        if self.voxelwise == "label_map":
+            target = torch.from_numpy(np.array(self.labels[self.rows[i]], dtype=np.int64))
+        else:
+            target = image.clone()
         if self.augment is not None:
-            image = torch.as_tensor(self.augment(image), dtype=torch.float32)
-        return image, torch.tensor([self.targets[i]], dtype=torch.float32)
+            sample = self.augment({"image": image, "target": target})
+            image = torch.as_tensor(sample["image"], dtype=torch.float32)
+            target = torch.as_tensor(sample["target"], dtype=target.dtype)
+        return image, target
 
     def __getstate__(self) -> dict[str, Any]:
         # Never pickle the memory map itself (that would copy the whole cohort to each worker).
         state = self.__dict__.copy()
         if self._filename is not None:
             state["_images"] = None
+        if self._labels_filename is not None:
+            state["_labels"] = None
         return state

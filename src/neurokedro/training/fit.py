@@ -44,6 +44,7 @@ def fit(
     val_targets: np.ndarray,
     params: Mapping[str, Any],
     mlflow_prefix: str = "",
+    labels: np.ndarray | None = None,
 ) -> tuple[nn.Module, pd.DataFrame]:
     """Train ``net`` with Lightning and return the best-validation model and its history.
 
@@ -65,6 +66,8 @@ def fit(
             ``checkpoint_dir``, ``accelerator``, ``devices``, ``deterministic``, ``channels_last``,
             ``swa`` (``enabled``, ``lr``, ``epoch_start``, ``annealing_epochs``).
         mlflow_prefix: prefix of the per-epoch metric names logged to MLflow.
+        labels: the store's ``(N, 1, D, H, W)`` label maps, the targets of a ``label_map`` task
+            (the per-scan targets are then ignored).
 
     Returns:
         ``(model, history)``: the model with the best validation weights, wrapped to output one
@@ -90,15 +93,18 @@ def fit(
     batch_size = int(params.get("batch_size", 8))
     workers = int(params.get("num_workers", 0))
     loader_args = {"num_workers": workers, "persistent_workers": workers > 0}
+    voxelwise = task.target_source if task.voxelwise else None
+    dense = {"voxelwise": voxelwise, "labels": labels}
     train_loader = DataLoader(
-        VolumeDataset(images, train_rows, scaled(train_targets), build_augmentation(params.get("augmentation"))),
+        VolumeDataset(images, train_rows, scaled(train_targets), build_augmentation(params.get("augmentation"), voxelwise),
+                      **dense),
         batch_size=batch_size,
         shuffle=True,
         drop_last=len(train_rows) > batch_size,
         **loader_args,
     )
     val_loader = DataLoader(
-        VolumeDataset(images, val_rows, scaled(val_targets)), batch_size=batch_size, shuffle=False, **loader_args
+        VolumeDataset(images, val_rows, scaled(val_targets), **dense), batch_size=batch_size, shuffle=False, **loader_args
     )
     max_epochs = int(params.get("max_epochs", 30))
     module = TaskModule(
@@ -177,15 +183,17 @@ def predict(
             (test-time augmentation matching the training flip; the brain is near-symmetric).
 
     Returns:
-        float32 ``(len(rows), K)`` outputs (``(len(rows),)`` when K is 1).
+        float32 ``(len(rows), K)`` outputs (``(len(rows),)`` when K is 1); for a voxel-wise
+        model ``(len(rows), K, D, H, W)`` (class probabilities, or a reconstruction).
     """
     model = model.eval()
     dataset = VolumeDataset(images, rows)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         out = soft_vote(model(x).float())
-        if flip_average:
-            out = (out + soft_vote(model(torch.flip(x, dims=[2])).float())) / 2  # axis 2 of (B, C, D, H, W) is R-L
+        if flip_average:  # axis 2 of (B, C, D, H, W) is R-L; a voxel-wise output is flipped back
+            mirrored = soft_vote(model(torch.flip(x, dims=[2])).float())
+            out = (out + (torch.flip(mirrored, dims=[2]) if mirrored.ndim == 5 else mirrored)) / 2
         return out.cpu()
 
     outputs = [forward(x) for x, _ in DataLoader(dataset, batch_size=batch_size)]

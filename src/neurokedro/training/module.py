@@ -71,9 +71,19 @@ class ProbabilityOutput(OutputHead):
         return torch.sigmoid(out) if out.shape[-1] == 1 else torch.softmax(out, dim=-1)
 
 
+class ClassProbabilityMaps(OutputHead):
+    """Maps voxel-wise logits ``(B, K, D, H, W)`` to class probabilities (softmax over K)."""
+
+    def transform(self, out: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(out, dim=1)
+
+
 def output_head(task: Task, net: nn.Module, target_mean: float = 0.0, target_sd: float = 1.0) -> OutputHead:
-    """The :class:`OutputHead` for ``task``: probabilities for classification, the target's unit
-    for standardised regression, the raw outputs otherwise."""
+    """The :class:`OutputHead` for ``task``: probabilities for classification, class
+    probability maps for segmentation, the target's unit for standardised regression, the raw
+    outputs otherwise (e.g. a reconstruction)."""
+    if task.kind == "segmentation":
+        return ClassProbabilityMaps(net)
     if task.kind == "classification":
         return ProbabilityOutput(net)
     if task.standardise_target:
@@ -207,7 +217,7 @@ class TaskModule(L.LightningModule):
         self.log("val_loss", self._loss(out, y), on_step=False, on_epoch=True, batch_size=len(x))
         # Predictions and targets in the target's own unit, so early stopping reads 'MAE in years'.
         prediction = soft_vote(self.model.transform(out.float())).detach().cpu()
-        target = (y.float() * self.target_sd + self.target_mean).detach().cpu()
+        target = y.detach().cpu() if self.task.voxelwise else (y.float() * self.target_sd + self.target_mean).detach().cpu()
         self._val_outputs.append((prediction, target))
 
     def on_validation_epoch_end(self) -> None:

@@ -16,6 +16,7 @@ from neurokedro.tasks.base import get_task
 from neurokedro.training.fit import fit, predict, seed_everything
 from neurokedro.training.module import FoldEnsemble, MeanEnsemble
 from neurokedro.training.tracking import child_run, log_model
+from neurokedro.training.transfer import resolve_pretrained, transfer_encoder
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ def train_model(
     model: Mapping[str, Any],
     training: Mapping[str, Any],
     task_name: str,
+    pretrained_model: nn.Module | None = None,
 ) -> tuple[FoldEnsemble, pd.DataFrame]:
     """K-fold cross-validation: one model per fold, trained on the other folds and early-stopped
     on its own.
@@ -67,8 +69,13 @@ def train_model(
             ``fold`` (0..K-1 for training scans).
         model: ``{"name": <registered model>, <name>: {options}}``.
         training: training parameters (see :func:`neurokedro.training.fit.fit`), plus
-            ``ensemble_size`` (default 1).
+            ``ensemble_size`` (default 1) and ``init_from`` (``null``: from scratch;
+            ``autoencoder``: each network's encoder starts from the autoencoder of the same fold,
+            ``pretrained_model``; or an MLflow model URI; see
+            :func:`neurokedro.training.transfer.resolve_pretrained`).
         task_name: registered task.
+        pretrained_model: the autoencoder pipeline's model (``autoencoder.model``; None when it
+            has not been trained), used when ``init_from`` is ``autoencoder``.
 
     Returns:
         ``(model, history)``: the :class:`FoldEnsemble` of the K fold models (outputs in the
@@ -77,9 +84,13 @@ def train_model(
 
     Raises:
         ValueError: if the training scans have fewer than 2 folds.
+        FileNotFoundError: if ``init_from`` is ``autoencoder`` and no autoencoder was trained.
+        neurokedro.training.transfer.TransferError: if the pretrained encoder does not fit the
+            model (the message lists the mismatched layers).
     """
     task = get_task(task_name)
     spec = task.model_spec(model)
+    pretrained = resolve_pretrained(training.get("init_from"), pretrained_model)
     cv = task_scans[task_scans["split"] == "train"]
     folds = sorted(int(f) for f in cv["fold"].unique()) if "fold" in cv else []
     if len(folds) < 2:
@@ -99,10 +110,13 @@ def train_model(
                     params["checkpoint_dir"] = f"{training['checkpoint_dir']}/fold_{fold}" + (f"/member_{member}" if size > 1 else "")
                 seed_everything(params)  # before building: initial weights are part of the run's seed
                 net = build_model(spec, volume_store.images.shape[1:], task.out_size)
+                if pretrained is not None:
+                    transfer_encoder(net, pretrained, fold)
                 prefix = (f"member_{member}." if size > 1 else "") if run_id else f"fold_{fold}."
                 trained, history = fit(
                     net, task, volume_store.images, train["row"].to_numpy(), train["target"].to_numpy(np.float32),
                     val["row"].to_numpy(), val["target"].to_numpy(np.float32), params, mlflow_prefix=prefix,
+                    labels=volume_store.labels,
                 )
                 members.append(trained)
                 history = history.assign(fold=fold, mlflow_run_id=run_id or "")
@@ -154,22 +168,26 @@ def predict_scans(
     def described(rows: pd.DataFrame, y_pred: np.ndarray, **columns: Any) -> pd.DataFrame:
         rows = rows.reset_index(drop=True)
         extras = [c for c in ("fold", "age", "sex_label", "site") if c in rows]
-        table = pd.concat([rows[ID_COLUMNS + extras], task.describe_predictions(rows, y_pred, options)], axis=1)
+        # Voxel-wise tasks score each scan against the store's label map or image here, so
+        # that only per-scan rows (not (n, K, D, H, W) arrays) leave the node.
+        reference = (volume_store,) if task.voxelwise else ()
+        table = pd.concat([rows[ID_COLUMNS + extras], task.describe_predictions(rows, y_pred, options, *reference)], axis=1)
         return table.assign(**columns)
 
     test = task_scans[task_scans["split"] == "test"]
     if not isinstance(model, FoldEnsemble):
         return described(task_scans, run(model, task_scans), source="model"), pd.DataFrame()
-    parts, per_fold, test_outputs = [], [], []
+    parts, per_fold, test_sum = [], [], None
     for fold in model.folds:
         fold_model = model.fold_model(fold)
         own = task_scans[(task_scans["split"] == "train") & (task_scans["fold"] == fold)]
         parts.append(described(own, run(fold_model, own), source="out_of_fold"))
         if not test.empty:
-            test_outputs.append(run(fold_model, test))
-            per_fold.append(described(test, test_outputs[-1], model_fold=fold))
+            output = run(fold_model, test)
+            test_sum = output.astype(np.float32) if test_sum is None else test_sum + output
+            per_fold.append(described(test, output, model_fold=fold))
     if not test.empty:
-        parts.append(described(test, np.mean(test_outputs, axis=0), source="fold_ensemble"))
+        parts.append(described(test, test_sum / len(model.folds), source="fold_ensemble"))
     predictions = pd.concat(parts, ignore_index=True).sort_values("row", ignore_index=True)
     fold_predictions = pd.concat(per_fold, ignore_index=True) if per_fold else pd.DataFrame()
     return predictions, fold_predictions

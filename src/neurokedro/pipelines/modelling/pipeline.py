@@ -5,9 +5,14 @@ from functools import partial, update_wrapper
 from kedro.pipeline import Pipeline, node, pipeline
 
 from neurokedro.pipelines.modelling import nodes
+from neurokedro.tasks.base import get_task
 
 #: Datasets produced by data_engineering and shared by every task (not namespaced).
 SHARED_INPUTS = {"volume_store", "splits"}
+
+#: The autoencoder pipeline's model, an input of every task that accepts encoder transfer
+#: (``training.init_from: autoencoder``): kedro-viz draws it as the edge between the pipelines.
+PRETRAINED_MODEL = "autoencoder.model"
 
 
 def bind_task(func, task_name: str):
@@ -16,12 +21,20 @@ def bind_task(func, task_name: str):
 
 
 def create_pipeline(task_name: str, **kwargs) -> Pipeline:
+    """select_task_scans -> train_model -> predict_scans -> evaluate_model in the task's namespace.
+
+    For a task that accepts pretrained encoders, ``train_model`` also reads the autoencoder
+    pipeline's model (:data:`PRETRAINED_MODEL`; None until that pipeline has run).
+    """
+    transfer = get_task(task_name).accepts_pretrained
+    train_inputs = {"volume_store": "volume_store", "task_scans": "task_scans", "model": "params:model",
+                    "training": "params:training"} | ({"pretrained_model": "pretrained_model"} if transfer else {})
     template = pipeline(
         [
             node(bind_task(nodes.select_task_scans, task_name), ["volume_store", "splits"], "task_scans",
                  name="select_task_scans"),
             node(bind_task(nodes.train_model, task_name),
-                 ["volume_store", "task_scans", "params:model", "params:training"], ["model", "training_history"],
+                 train_inputs, ["model", "training_history"],
                  name="train_model"),
             node(bind_task(nodes.predict_scans, task_name),
                  ["model", "volume_store", "task_scans", "params:training", "params:evaluation"],
@@ -30,4 +43,5 @@ def create_pipeline(task_name: str, **kwargs) -> Pipeline:
                  ["test_metrics", "cv_metrics"], name="evaluate_model"),
         ]
     )
-    return pipeline(template, namespace=task_name, inputs=SHARED_INPUTS, tags=[task_name, "modelling"])
+    inputs = {name: name for name in SHARED_INPUTS} | ({"pretrained_model": PRETRAINED_MODEL} if transfer else {})
+    return pipeline(template, namespace=task_name, inputs=inputs, tags=[task_name, "modelling"])

@@ -75,7 +75,7 @@ def plot_learning_curves(training_history: pd.DataFrame, task_name: str) -> Figu
     """
     task = get_task(task_name)
     metric = "val_mae" if "val_mae" in training_history else next(
-        (c for c in ("val_roc_auc", "val_accuracy") if c in training_history), None)
+        (c for c in ("val_mean_dice", "val_mse", "val_roc_auc", "val_accuracy") if c in training_history), None)
     fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
     keys = [c for c in ("fold", "member") if c in training_history]
     groups = training_history.groupby(keys) if keys else [((), training_history)]

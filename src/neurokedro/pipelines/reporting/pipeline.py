@@ -4,7 +4,7 @@
 from kedro.pipeline import Pipeline, node, pipeline
 
 from neurokedro.pipelines.modelling.pipeline import bind_task
-from neurokedro.pipelines.reporting import nodes
+from neurokedro.pipelines.reporting import images, nodes
 from neurokedro.tasks.base import get_task
 
 
@@ -18,6 +18,14 @@ def create_pipeline(task_name: str, **kwargs) -> Pipeline:
                                  "confusion_matrix_plot", name="plot_confusion_matrix"),
         "roc_curve": node(bind_task(nodes.plot_roc_curve, task_name), ["predictions", "test_metrics"],
                           "roc_curve_plot", name="plot_roc_curve"),
+        "segmentation_overlays": pipeline([
+            node(images.predict_label_maps, ["model", "volume_store", "task_scans", "params:training"],
+                 "predicted_label_maps", name="predict_label_maps"),
+            node(images.plot_segmentation_overlays, ["predicted_label_maps", "volume_store", "task_scans"],
+                 "segmentation_overlays_plot", name="plot_segmentation_overlays"),
+        ]),
+        "reconstructions": node(images.plot_reconstructions, ["model", "volume_store", "task_scans", "params:training"],
+                                "reconstructions_plot", name="plot_reconstructions"),
     }
     items = get_task(task_name).report_items
     template = pipeline(
@@ -28,4 +36,5 @@ def create_pipeline(task_name: str, **kwargs) -> Pipeline:
                  name="log_fold_metrics"),
         ]
     )
-    return pipeline(template, namespace=task_name, tags=[task_name, "reporting"])
+    return pipeline(template, namespace=task_name, inputs={"volume_store"} & template.inputs(),
+                    tags=[task_name, "reporting"])
