@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from neurokedro.models.sfcn import SFCN
+from neurokedro.models.shapes import volume_shape
 
 
 class ConvAutoencoder(nn.Module):
@@ -81,11 +82,5 @@ def build_autoencoder(
         ValueError: if ``in_shape`` is not ``(C, D, H, W)`` or a spatial size is not divisible by
             ``2 ** (len(channels) - 1)``.
     """
-    in_shape = tuple(int(s) for s in in_shape)
-    if len(in_shape) != 4:
-        raise ValueError(f"autoencoder expects in_shape (C, D, H, W), got {in_shape}")
-    factor = 2 ** (len(tuple(channels)) - 1)
-    if any(s % factor for s in in_shape[1:]):
-        raise ValueError(f"autoencoder input {in_shape[1:]} must be divisible by {factor} on every axis "
-                         f"(channels={tuple(channels)})")
+    in_shape = volume_shape(in_shape, "autoencoder", 2 ** (len(tuple(channels)) - 1), f"channels={tuple(channels)}")
     return ConvAutoencoder(in_shape[0], channels)

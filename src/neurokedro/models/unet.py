@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from monai.networks.nets import UNet
 from torch import nn
 
+from neurokedro.models.shapes import volume_shape
+
 
 def build_unet(
     in_shape: tuple[int, ...],
@@ -43,13 +45,8 @@ def build_unet(
         ValueError: if ``in_shape`` is not ``(C, D, H, W)``, or a spatial size is not divisible
             by ``2 ** (len(channels) - 1)`` (the decoder would not restore the input's shape).
     """
-    in_shape = tuple(int(s) for s in in_shape)
-    if len(in_shape) != 4:
-        raise ValueError(f"unet expects in_shape (C, D, H, W), got {in_shape}")
-    factor = 2 ** (len(tuple(channels)) - 1)
-    if any(s % factor for s in in_shape[1:]):
-        raise ValueError(f"unet input {in_shape[1:]} must be divisible by {factor} on every axis "
-                         f"({len(tuple(channels)) - 1} downsampling levels for channels={tuple(channels)})")
+    levels = len(tuple(channels)) - 1
+    in_shape = volume_shape(in_shape, "unet", 2**levels, f"{levels} downsampling levels for channels={tuple(channels)}")
     return UNet(
         spatial_dims=3,
         in_channels=in_shape[0],
