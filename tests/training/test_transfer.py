@@ -60,3 +60,15 @@ def test_init_from_resolution():
     assert resolve_pretrained("autoencoder", model) is model
     with pytest.raises(FileNotFoundError, match="kedro run --pipeline autoencoder"):
         resolve_pretrained("autoencoder", None)
+
+
+def test_init_from_a_saved_mlflow_model(tmp_path):
+    import mlflow.pytorch
+
+    ae = _autoencoder()
+    mlflow.pytorch.save_model(ae, str(tmp_path / "model"), serialization_format="pickle", pip_requirements=["torch"])
+    loaded = resolve_pretrained(str(tmp_path / "model"), None)
+    net = _sfcn()
+    transfer_encoder(net, loaded)
+    key = "feature_extractor.0.0.weight"
+    assert torch.equal(net.state_dict()[key], ae.state_dict()[key])

@@ -26,7 +26,7 @@ from neurokedro.cohorts.labels import SEX_CODES, LabelError, parse_age, parse_se
 from neurokedro.imaging.checks import grids_match, image_problems
 from neurokedro.imaging.preprocess import DEFAULTS as PREPROCESSING_DEFAULTS
 from neurokedro.imaging.preprocess import preprocess_scan
-from neurokedro.imaging.tissue import tissue_classes_from_labels
+from neurokedro.imaging.tissue import resample_tissue_classes
 from neurokedro.io.volume_store import LazyVolumeStore, PreprocessedVolume, VolumeStore
 
 logger = logging.getLogger(__name__)
@@ -208,8 +208,9 @@ class ScanPreprocessor:
         label = nib.load(label_path) if label_path else None
         volume = preprocess_scan(image, label, self.params)
         if volume.label is not None and self.label_lookups[i]:
-            # Region codes (e.g. DLMUSE) -> tissue classes, after the brain mask used them.
-            volume.label = tissue_classes_from_labels(volume.label, self.label_lookups[i])
+            # Region codes (e.g. DLMUSE) -> tissue classes on the grid by partial volume; the
+            # brain mask already came from the region codes.
+            volume.label = resample_tissue_classes(label, self.label_lookups[i], volume.affine, volume.label.shape)
         return volume
 
 
@@ -226,7 +227,8 @@ def preprocess_scans(cohort_table: pd.DataFrame, preprocessing: Mapping[str, Any
         the scans when saving it, so memory does not grow with the cohort. A scan that fails is
         recorded in the store's index (``preprocess_ok=False``) and in the QC table. Label maps
         of rows with a ``label_lookup`` table (e.g. MUSE's derived ROIs) are stored as tissue
-        classes (see :mod:`neurokedro.imaging.tissue`), others as they are.
+        classes resampled by partial volume (:func:`~neurokedro.imaging.tissue.resample_tissue_classes`),
+        others as they are (nearest neighbour).
     """
     p = {**PREPROCESSING_DEFAULTS, **dict(preprocessing)}
     index = cohort_table.reset_index(drop=True).copy()
