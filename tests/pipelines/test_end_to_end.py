@@ -41,13 +41,15 @@ def _assert_tracked(root, task, n_folds, headline, expected):
 def _assert_cross_validated(root, task, n_folds):
     predictions = pd.read_csv(root / f"data/07_model_output/{task}/predictions.csv")
     splits = pd.read_csv(root / "data/05_model_input/splits.csv")
+    usable = pd.read_csv(root / f"data/05_model_input/{task}/task_scans.csv")  # the scans with this task's target
     test = predictions[predictions["split"] == "test"]
     assert set(test["subject_id"]) == set(splits.loc[splits["split"] == "test", "subject_id"])
     assert (test["source"] == "fold_ensemble").all()
-    # every non-test subject gets exactly one out-of-fold prediction, from its own fold's model
+    # every non-test subject with a target gets exactly one out-of-fold prediction, from its own fold's model
     oof = predictions[predictions["source"] == "out_of_fold"]
     assert oof["subject_id"].is_unique
-    assert set(oof["subject_id"]) == set(splits.loc[splits["split"] == "train", "subject_id"])
+    assert set(oof["subject_id"]) == set(usable.loc[usable["split"] == "train", "subject_id"])
+    assert set(usable["subject_id"]) <= set(splits["subject_id"])
     merged = oof.merge(splits[["subject_id", "fold"]], on="subject_id", suffixes=("", "_split"))
     assert (merged["fold"] == merged["fold_split"]).all()
     cv = pd.read_csv(root / f"data/08_reporting/{task}/cv_metrics.csv")
@@ -100,7 +102,9 @@ def test_ixi_age_regression_runs_end_to_end_on_real_mri(kedro_project, ixi_dir, 
     assert len(predictions) == 145  # the age task uses the labelled ones
     assert 25 <= metrics["n"] <= 35  # ~20 % held out
     qc = pd.read_csv(root / "data/08_reporting/qc_table.csv")
-    assert qc.empty  # the shared IXI sample is clean
+    # the shared IXI sample is clean; the 4 scans without demographics are listed, labels excluded
+    unlabelled = {"IXI637-HH-2785", "IXI638-HH-2786", "IXI643-HH-2787", "IXI661-HH-2788"}
+    assert set(qc["subject_id"]) == unlabelled and len(qc) == 8 and (qc["action"] == "label excluded").all()
 
 
 @pytest.mark.ixi
