@@ -96,8 +96,8 @@ class VolumeDataset(Dataset):
         if voxelwise == "label_map" and labels is None:
             raise ValueError("a label-map target needs the store's label maps (labels=None)")
         self.voxelwise = voxelwise
-        self._filename = getattr(images, "filename", None)
-        self._images = None if self._filename is not None else images
+        self._images_filename = getattr(images, "filename", None)
+        self._images = None if self._images_filename is not None else images
         self._labels_filename = getattr(labels, "filename", None)
         self._labels = None if self._labels_filename is not None else labels
         self.rows = np.asarray(rows, dtype=np.int64)
@@ -110,15 +110,17 @@ class VolumeDataset(Dataset):
 
     @property
     def images(self) -> np.ndarray:
-        if self._images is None:
-            self._images = np.load(self._filename, mmap_mode="r")
-        return self._images
+        return self._mapped("images")
 
     @property
     def labels(self) -> np.ndarray | None:
-        if self._labels is None and self._labels_filename is not None:
-            self._labels = np.load(self._labels_filename, mmap_mode="r")
-        return self._labels
+        return self._mapped("labels")
+
+    def _mapped(self, name: str) -> np.ndarray | None:
+        """The array ``name``, memory-mapped from its file on first use in this process."""
+        if getattr(self, f"_{name}") is None and getattr(self, f"_{name}_filename") is not None:
+            setattr(self, f"_{name}", np.load(getattr(self, f"_{name}_filename"), mmap_mode="r"))
+        return getattr(self, f"_{name}")
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -142,8 +144,7 @@ class VolumeDataset(Dataset):
     def __getstate__(self) -> dict[str, Any]:
         # Never pickle the memory map itself (that would copy the whole cohort to each worker).
         state = self.__dict__.copy()
-        if self._filename is not None:
-            state["_images"] = None
-        if self._labels_filename is not None:
-            state["_labels"] = None
+        for name in ("images", "labels"):
+            if state[f"_{name}_filename"] is not None:
+                state[f"_{name}"] = None
         return state
