@@ -25,14 +25,16 @@ def paired_arrays(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, n
 
 
 def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    """MAE, RMSE, R² and Pearson r of predictions against the truth.
+    """MAE, RMSE, mean signed error, R² and Pearson r of predictions against the truth.
 
     Args:
         y_true: (N,) true values (e.g. chronological age in years).
         y_pred: (N,) predictions in the same unit.
 
     Returns:
-        ``{"mae", "rmse", "r2", "pearson_r", "n"}``; MAE and RMSE in the target's unit. With
+        ``{"mae", "rmse", "mean_error", "r2", "pearson_r", "n"}``; MAE, RMSE and the mean signed
+        error (mean of ``y_pred - y_true``: the mean brain-age gap, positive when a group is
+        predicted older than it is) in the target's unit. With
         fewer than 2 samples, or constant inputs, ``r2``/``pearson_r`` are NaN.
 
     Raises:
@@ -42,6 +44,7 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
     result = {
         "mae": float(skm.mean_absolute_error(y_true, y_pred)),
         "rmse": float(np.sqrt(skm.mean_squared_error(y_true, y_pred))),
+        "mean_error": float(np.mean(y_pred - y_true)),
         "r2": float("nan"),
         "pearson_r": float("nan"),
         "n": int(y_true.size),
