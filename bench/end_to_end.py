@@ -82,10 +82,14 @@ def kedro_run(work: Path, pipeline: str, env: str | None, overrides: list[str]) 
 
 
 def results(work: Path, pipeline: str) -> dict:
-    """The run's test metrics (fold ensemble) and cross-validation table."""
+    """The run's test metrics (fold ensemble), cross-validation table, bootstrap intervals,
+    subgroup table and (brain age) bias-correction summary."""
     reports = work / "data/08_reporting" / pipeline
+    optional = {key: reports / name for key, name in (("intervals", "metric_intervals.csv"), ("subgroups", "subgroup_metrics.csv"),
+                                                      ("bias", "bias_correction_summary.csv"))}
     return {"test": json.loads((reports / "test_metrics.json").read_text()),
-            "cv": pd.read_csv(reports / "cv_metrics.csv").set_index("fold")}
+            "cv": pd.read_csv(reports / "cv_metrics.csv").set_index("fold"),
+            **{key: pd.read_csv(path) for key, path in optional.items() if path.is_file()}}
 
 
 def cv_line(metric: str, cv: pd.DataFrame, test: dict) -> str:
@@ -128,7 +132,20 @@ def main() -> None:
                 line += f" | volume baseline on test {b[metric]:.3f}"
                 if f"cv_{metric}_mean" in b:
                     line += f" (cross-validation {b[f'cv_{metric}_mean']:.3f} +- {b[f'cv_{metric}_sd']:.3f})"
+            if "intervals" in r and metric in set(r["intervals"]["metric"]):
+                ci = r["intervals"].set_index("metric").loc[metric]
+                line += f" [95 % CI {ci['ci_low']:.3f}, {ci['ci_high']:.3f}]"
             print(line, flush=True)
+        if "bias" in r:
+            print("   brain-age gap before/after bias correction (fitted out-of-fold):")
+            print(r["bias"].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        if "subgroups" in r and not r["subgroups"].empty:
+            g = r["subgroups"]
+            print("   test metrics by subgroup (value [95 % CI], subjects):")
+            for row in g.to_dict("records"):
+                interval = f" [{row['ci_low']:.3f}, {row['ci_high']:.3f}] n={row['n_subjects']}" if row["ci_low"] == row["ci_low"] else ""
+                print(f"     {row['attribute']:9s} {row['group']:11s} {row['metric']:22s} {row['value']:.3f}{interval}")
+        print(flush=True)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,11 @@ def _assert_tracked(root, task, n_folds, headline, expected):
         assert mlflow.search_logged_models(experiment_ids=[experiment.experiment_id],
                                            filter_string=f"source_run_id = '{child.info.run_id}'", output_format="list")
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, task)}
-    assert {f"{task}/model", f"{task}/cv_metrics.csv"} <= artifacts
+    assert {f"{task}/model", f"{task}/cv_metrics.csv", f"{task}/report.html", f"{task}/metric_intervals.csv"} <= artifacts
+    low, high = parent.data.metrics.get(f"test_{headline}_ci_low"), parent.data.metrics.get(f"test_{headline}_ci_high")
+    assert low is not None and high is not None and low <= high
+    report = (root / f"data/08_reporting/{task}/report.html").read_text()
+    assert parent.info.run_id in report  # the report names its MLflow run
     return mlflow.pytorch.load_model(f"runs:/{parent.info.run_id}/{task}/model", map_location="cpu")
 
 
@@ -65,10 +69,26 @@ def _assert_complete_age_run(root, n_folds):
     assert all(np.isfinite(metrics[k]) for k in ("mae", "rmse", "r2", "pearson_r"))
     assert metrics["n"] == len(test)
     assert (root / "data/06_models/age_regression/model/MLmodel").is_file()
-    for plot in ("predicted_vs_true.png", "learning_curves.png"):
+    for plot in ("predicted_vs_true.png", "learning_curves.png", "bland_altman.png", "gap_vs_age.png", "subgroups.png"):
         assert (root / "data/08_reporting/age_regression" / plot).stat().st_size > 1000
+    _assert_bias_corrected(root, predictions)
     model = _assert_tracked(root, "age_regression", n_folds, "mae", metrics["mae"])
     return metrics, model
+
+
+def _assert_bias_corrected(root, predictions):
+    """Fitted on out-of-fold predictions only, kept as a dataset, applied to every scan, reported."""
+    coefficients = json.loads((root / "data/06_models/age_regression/bias_correction.json").read_text())
+    assert coefficients["n"] == (predictions["source"] == "out_of_fold").sum()
+    corrected = pd.read_csv(root / "data/07_model_output/age_regression/corrected_predictions.csv")
+    expected = corrected["brain_age_gap"] - (coefficients["slope"] * corrected["chronological_age"] + coefficients["intercept"])
+    np.testing.assert_allclose(corrected["corrected_brain_age_gap"], expected, atol=1e-6)
+    summary = pd.read_csv(root / "data/08_reporting/age_regression/bias_correction_summary.csv")
+    assert set(zip(summary["source"], summary["correction"])) >= {("out_of_fold", "corrected"), ("fold_ensemble", "corrected")}
+    report = (root / "data/08_reporting/age_regression/report.html").read_text()
+    for section in ("Brain-age bias correction", "Subgroup metrics", "bootstrap intervals", "Quality control", "Split"):
+        assert section in report
+    assert report.count("data:image/png;base64,") >= 6 and "corrected_mean_error" in report
 
 
 def test_demo_cohort_age_regression_runs_end_to_end(kedro_project):
@@ -117,7 +137,8 @@ def test_ixi_sex_classification_with_the_slice_model(kedro_project, ixi_dir, mon
     assert predictions["probability_female"].between(0, 1).all()
     assert set(predictions["true_sex"]) == {"M", "F"}
     assert metrics["tn"] + metrics["fp"] + metrics["fn"] + metrics["tp"] == metrics["n"] == (predictions["split"] == "test").sum()
-    for plot in ("confusion_matrix.png", "roc_curve.png", "learning_curves.png"):
+    for plot in ("confusion_matrix.png", "roc_curve.png", "calibration.png", "learning_curves.png", "subgroups.png",
+                 "sample_scans.png", "saliency.png"):
         assert (root / "data/08_reporting/sex_classification" / plot).stat().st_size > 1000
     model = _assert_tracked(root, "sex_classification", 2, "accuracy", metrics["accuracy"])
     assert type(model.members[0].net).__name__ == "SliceCNN"

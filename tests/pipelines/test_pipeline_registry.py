@@ -39,3 +39,22 @@ def test_autoencoder_model_is_the_dataset_edge_into_the_supervised_pipelines():
     seg = {n.name for n in pipelines["tissue_segmentation"].nodes}
     assert {"tissue_segmentation.predict_label_maps", "tissue_segmentation.plot_segmentation_overlays"} <= seg
     assert "autoencoder.plot_reconstructions" in {n.name for n in pipelines["autoencoder"].nodes}
+
+
+def test_every_task_ends_in_one_report_that_reads_every_figure():
+    pipelines = register_pipelines()
+    for task in ("age_regression", "sex_classification", "tissue_segmentation", "autoencoder"):
+        pipe = pipelines[task]
+        (report,) = [n for n in pipe.nodes if n.name == f"{task}.build_report"]
+        plots = {o for o in pipe.all_outputs() if o.endswith("_plot")}
+        assert plots and plots <= set(report.inputs)  # no figure is left out of the report
+        assert {f"{task}.metric_intervals", f"{task}.subgroups", "qc_table"} <= set(report.inputs)
+        assert report.outputs == [f"{task}.report"]
+        # the reporting options are shared by every task, not namespaced
+        assert "params:reporting" in pipe.inputs() and f"params:{task}.reporting" not in pipe.inputs()
+    age = {n.name for n in pipelines["age_regression"].nodes}
+    assert {"age_regression.fit_bias_correction", "age_regression.apply_bias_correction"} <= age
+    assert not any("bias_correction" in n.name for n in pipelines["sex_classification"].nodes)
+    # brain age is broken down by subgroup on the corrected predictions (corrected_* metrics too)
+    (subgroups,) = [n for n in pipelines["age_regression"].nodes if n.name == "age_regression.subgroup_report"]
+    assert "age_regression.corrected_predictions" in subgroups.inputs

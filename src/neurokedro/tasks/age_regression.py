@@ -67,6 +67,8 @@ AGE_REGRESSION = Task(
     target_unit="years",
     headline_metric="mae",
     headline_mode="min",
-    report_items=("predicted_vs_true", "learning_curves"),
+    report_items=("predicted_vs_true", "bland_altman", "bias_correction", "learning_curves", "sample_scans", "saliency"),
+    report_metrics=("mae", "rmse", "mean_error", "r2", "pearson_r"),
+    subgroup_metrics=("mae", "mean_error"),
     accepts_pretrained=True,
 )

@@ -67,5 +67,7 @@ AUTOENCODER = Task(
     headline_metric="mse",
     headline_mode="min",
     report_items=("learning_curves", "reconstructions"),
+    report_metrics=("mse", "psnr", "ssim"),
+    subgroup_metrics=("ssim",),
     target_source="image",
 )

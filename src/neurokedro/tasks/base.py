@@ -58,6 +58,10 @@ class Task:
             ``"image"`` (the scan itself, for reconstruction).
         accepts_pretrained: the task's pipeline takes the autoencoder's model as an input, for
             ``training.init_from: autoencoder`` (encoder transfer).
+        report_metrics: the headline metrics of ``compute_metrics`` reported with bootstrap
+            confidence intervals (empty: every finite metric except counts).
+        subgroup_metrics: the metrics broken down by sex, age band and site in the fairness
+            table (empty: no breakdown).
     """
 
     name: str
@@ -76,6 +80,8 @@ class Task:
     report_items: tuple[str, ...] = field(default_factory=tuple)
     target_source: TargetSource = "table"
     accepts_pretrained: bool = False
+    report_metrics: tuple[str, ...] = field(default_factory=tuple)
+    subgroup_metrics: tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def voxelwise(self) -> bool:

@@ -99,6 +99,8 @@ SEX_CLASSIFICATION = Task(
     target_unit="probability of female",
     headline_metric="loss",
     headline_mode="min",
-    report_items=("confusion_matrix", "roc_curve", "learning_curves"),
+    report_items=("confusion_matrix", "roc_curve", "calibration", "learning_curves", "sample_scans", "saliency"),
+    report_metrics=("accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc"),
+    subgroup_metrics=("accuracy", "roc_auc"),
     accepts_pretrained=True,
 )

@@ -90,5 +90,7 @@ TISSUE_SEGMENTATION = Task(
     headline_metric="mean_dice",
     headline_mode="max",
     report_items=("learning_curves", "segmentation_overlays"),
+    report_metrics=("mean_dice", "dice_CSF", "dice_GM", "dice_WM", "hd95_CSF", "hd95_GM", "hd95_WM"),
+    subgroup_metrics=("mean_dice",),
     target_source="label_map",
 )

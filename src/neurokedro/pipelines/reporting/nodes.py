@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import matplotlib
 
@@ -106,15 +107,22 @@ def plot_learning_curves(training_history: pd.DataFrame, task_name: str) -> Figu
     return fig
 
 
-def to_mlflow_metrics(metrics: Mapping[str, float], cv_metrics: pd.DataFrame | None = None) -> dict[str, dict[str, float]]:
+def to_mlflow_metrics(
+    metrics: Mapping[str, float], cv_metrics: pd.DataFrame | None = None, metric_intervals: pd.DataFrame | None = None
+) -> dict[str, dict[str, float]]:
     """The parent run's metrics in the form of kedro-mlflow's metrics dataset
-    (``{name: {"value", "step"}}``): the fold ensemble's ``test_<metric>``, and the
-    cross-validation aggregates ``cv_<metric>_mean`` / ``cv_<metric>_sd`` across folds
-    (validation metrics) and ``cv_test_<metric>_mean`` (the fold models' mean test metric).
+    (``{name: {"value", "step"}}``): the fold ensemble's ``test_<metric>``, its bootstrap
+    interval ``test_<metric>_ci_low`` / ``_ci_high``, and the cross-validation aggregates
+    ``cv_<metric>_mean`` / ``cv_<metric>_sd`` across folds (validation metrics) and
+    ``cv_test_<metric>_mean`` (the fold models' mean test metric).
 
     Non-finite values are left out (MLflow rejects NaN in some backends).
     """
     out = {f"test_{k}": float(v) for k, v in metrics.items()}
+    if metric_intervals is not None:
+        for row in metric_intervals.to_dict("records"):
+            out[f"test_{row['metric']}_ci_low"] = float(row["ci_low"])
+            out[f"test_{row['metric']}_ci_high"] = float(row["ci_high"])
     if cv_metrics is not None and not cv_metrics.empty:
         summary = cv_metrics.set_index(cv_metrics["fold"].astype(str))
         for column in summary.columns.drop("fold"):
@@ -198,4 +206,139 @@ def plot_roc_curve(predictions: pd.DataFrame, metrics: Mapping[str, float], task
     ax.set_ylabel("sensitivity (true positive rate)")
     ax.set_title(f"{task_name} — ROC ({probability.replace('_', ' ')})", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
+    return fig
+
+
+def plot_bland_altman(predictions: pd.DataFrame, task_name: str) -> Figure:
+    """Bland–Altman plot of the test predictions: difference (predicted − true) against the mean
+    of predicted and true, with the mean difference and its 95 % limits of agreement
+    (mean ± 1.96 sd; Bland & Altman 1986, Lancet 327:307).
+
+    Args:
+        predictions: from ``predict_scans`` (``split``; for brain age ``chronological_age`` and
+            ``predicted_age``).
+        task_name: registered regression task (for the unit).
+    """
+    task = get_task(task_name)
+    true_col, pred_col = _true_pred_columns(predictions)
+    test = predictions[predictions["split"] == "test"]
+    true, pred = test[true_col].to_numpy(float), test[pred_col].to_numpy(float)
+    mean, difference = (true + pred) / 2, pred - true
+    bias, sd = difference.mean(), difference.std(ddof=1)
+    fig, ax = plt.subplots(figsize=(6, 4.5), layout="constrained")
+    ax.scatter(mean, difference, s=20, c=SOURCE_STYLE["fold_ensemble"][1], alpha=0.8, label=f"test scans (n={len(test)})")
+    ax.axhline(bias, color="k", lw=1.2, label=f"mean difference {bias:+.2f}")
+    for limit in (bias - 1.96 * sd, bias + 1.96 * sd):
+        ax.axhline(limit, color="k", ls="--", lw=1)
+    ax.axhline(0, color="#9aa5b1", lw=0.8)
+    ax.text(ax.get_xlim()[1], bias + 1.96 * sd, " +1.96 sd", va="bottom", ha="right", fontsize=8)
+    ax.text(ax.get_xlim()[1], bias - 1.96 * sd, " −1.96 sd", va="top", ha="right", fontsize=8)
+    unit = f" ({task.target_unit})" if task.target_unit else ""
+    ax.set_xlabel(f"mean of predicted and true{unit}")
+    ax.set_ylabel(f"predicted − true{unit}" + (" = brain-age gap" if true_col == "chronological_age" else ""))
+    ax.set_title(f"{task_name} — Bland–Altman, test set (limits of agreement {bias - 1.96 * sd:+.1f} to {bias + 1.96 * sd:+.1f})",
+                 fontsize=9)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_gap_vs_age(corrected_predictions: pd.DataFrame) -> Figure:
+    """Brain-age gap against chronological age before and after the bias correction, for the
+    out-of-fold predictions (where the correction was fitted) and the test set, with a
+    least-squares line and Pearson r per kind.
+
+    Args:
+        corrected_predictions: from ``apply_bias_correction`` (``chronological_age``,
+            ``brain_age_gap``, ``corrected_brain_age_gap``, ``source``).
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True, layout="constrained")
+    for ax, (column, title) in zip(axes, (("brain_age_gap", "before correction"),
+                                          ("corrected_brain_age_gap", "after correction (fitted out-of-fold)"))):
+        for source in ("out_of_fold", "fold_ensemble"):
+            part = corrected_predictions[corrected_predictions["source"] == source]
+            if len(part) < 3:
+                continue
+            label, colour, alpha = SOURCE_STYLE[source]
+            age, gap = part["chronological_age"].to_numpy(float), part[column].to_numpy(float)
+            slope, intercept = np.polyfit(age, gap, 1)
+            r = np.corrcoef(age, gap)[0, 1]
+            ax.scatter(age, gap, s=16, c=colour, alpha=alpha, label=f"{label}: r = {r:+.2f} (n={len(part)})")
+            xs = np.array([age.min(), age.max()])
+            ax.plot(xs, slope * xs + intercept, color=colour, lw=1.5)
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xlabel("chronological age (years)")
+        ax.set_title(f"brain-age gap {title}", fontsize=10)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("brain-age gap = predicted − chronological age (years)")
+    fig.suptitle("Regression to the mean and its correction (Beheshti et al. 2019)", fontsize=10)
+    return fig
+
+
+def plot_calibration(predictions: pd.DataFrame, reporting: Mapping[str, Any], task_name: str) -> Figure:
+    """Reliability diagram: observed frequency of the positive class against the mean predicted
+    probability in bins, for the test set and the pooled out-of-fold predictions, with the
+    Brier score (scikit-learn's ``calibration_curve``, quantile bins).
+
+    Args:
+        predictions: from ``predict_scans`` (``true_label``, ``probability_<class>``, ``source``).
+        reporting: ``calibration_bins`` (default 5; few test scans need few bins).
+        task_name: registered classification task.
+    """
+    from sklearn.calibration import calibration_curve
+    from sklearn.metrics import brier_score_loss
+
+    probability = next(c for c in predictions.columns if c.startswith("probability_"))
+    bins = int((reporting or {}).get("calibration_bins", 5))
+    fig, ax = plt.subplots(figsize=(4.8, 4.5), layout="constrained")
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfectly calibrated")
+    for source, (label, colour, _) in SOURCE_STYLE.items():
+        part = predictions[predictions.get("source", pd.Series("model", index=predictions.index)) == source]
+        if part["true_label"].nunique() == 2:
+            truth, prob = part["true_label"].astype(int), part[probability].to_numpy(float)
+            observed, predicted = calibration_curve(truth, prob, n_bins=bins, strategy="quantile")
+            ax.plot(predicted, observed, "o-", color=colour,
+                    label=f"{label}, Brier {brier_score_loss(truth, prob):.3f} (n={len(part)})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel(f"mean predicted {probability.replace('_', ' ')}")
+    ax.set_ylabel("observed fraction of the positive class")
+    ax.set_title(f"{task_name} — calibration ({bins} quantile bins)", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    return fig
+
+
+def plot_subgroups(subgroups: pd.DataFrame, task_name: str) -> Figure:
+    """Bar chart of each subgroup metric per group with its bootstrap interval, one panel per
+    (metric, attribute), the between-group difference in the panel title.
+
+    Args:
+        subgroups: from ``subgroup_report``.
+        task_name: registered task.
+    """
+    groups = subgroups[~subgroups["group"].isin(["difference", "ratio"])]
+    panels = list(groups.groupby(["metric", "attribute"], sort=False))
+    if not panels:
+        fig, ax = plt.subplots(figsize=(5, 1.5), layout="constrained")
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no attribute with two or more groups in the test set", ha="center", va="center")
+        return fig
+    ncols = min(3, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), layout="constrained", squeeze=False)
+    differences = subgroups[subgroups["group"] == "difference"].set_index(["metric", "attribute"])["value"]
+    for ax, ((metric, attribute), part) in zip(axes.flat, panels):
+        x = np.arange(len(part))
+        values = part["value"].to_numpy(float)
+        low = np.clip(values - part["ci_low"].to_numpy(float), 0, None)
+        high = np.clip(part["ci_high"].to_numpy(float) - values, 0, None)
+        ax.bar(x, values, color=plt.get_cmap("tab10")(0), alpha=0.75,
+               yerr=np.nan_to_num(np.vstack([low, high])), capsize=4)
+        ax.set_xticks(x, [f"{g}\n(n={n})" for g, n in zip(part["group"], part["n_subjects"])], fontsize=8)
+        ax.axhline(0, color="k", lw=0.6)
+        ax.set_ylabel(metric.replace("_", " "))
+        difference = differences.get((metric, attribute), np.nan)
+        ax.set_title(f"{metric} by {attribute.replace('_', ' ')} (difference {difference:.3g})", fontsize=9)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.suptitle(f"{task_name} — test-set metrics by subgroup, 95 % bootstrap intervals", fontsize=10)
     return fig
