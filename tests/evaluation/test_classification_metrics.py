@@ -37,3 +37,17 @@ def test_class_weight_balances_the_training_ratio():
     assert classification_loss(np.array([0, 0, 0, 1]), class_weighting="none").pos_weight.item() == 1.0
     with pytest.raises(ValueError, match="class_weighting"):
         classification_loss(None, class_weighting="inverse")
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_counts_based_scores_match_scikit_learn(seed):
+    from sklearn import metrics as skm
+
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, 2, 30) if seed else np.zeros(30, int)  # seed 0: one class only
+    probability = rng.uniform(0, 1, 30)
+    m = binary_classification_metrics(truth, probability, threshold=0.6)
+    predicted = (probability >= 0.6).astype(int)
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(truth, predicted))
+    assert m["precision"] == pytest.approx(skm.precision_score(truth, predicted, zero_division=0))
+    assert m["f1"] == pytest.approx(skm.f1_score(truth, predicted, zero_division=0))

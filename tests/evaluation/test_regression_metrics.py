@@ -20,3 +20,18 @@ def test_regression_metrics_edge_cases():
         regression_metrics([1, 2], [1, np.nan])
     with pytest.raises(ValueError, match="values"):
         regression_metrics([1, 2], [1])
+
+
+def test_closed_forms_match_scikit_learn_and_scipy():
+    from scipy import stats
+    from sklearn import metrics as skm
+
+    rng = np.random.default_rng(0)
+    age = rng.uniform(20, 80, 50)
+    predicted = age + rng.normal(2, 6, 50)
+    m = regression_metrics(age, predicted)
+    assert m["mae"] == pytest.approx(skm.mean_absolute_error(age, predicted))
+    assert m["rmse"] == pytest.approx(np.sqrt(skm.mean_squared_error(age, predicted)))
+    assert m["r2"] == pytest.approx(skm.r2_score(age, predicted))
+    assert m["pearson_r"] == pytest.approx(stats.pearsonr(age, predicted).statistic)
+    assert m["mean_error"] == pytest.approx(np.mean(predicted - age))

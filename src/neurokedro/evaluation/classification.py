@@ -37,13 +37,15 @@ def binary_classification_metrics(y_true: np.ndarray, probability: np.ndarray, t
     tn, fp, fn, tp = skm.confusion_matrix(truth, predicted, labels=[0, 1]).ravel()
     sensitivity = tp / (tp + fn) if tp + fn else float("nan")
     specificity = tn / (tn + fp) if tn + fp else float("nan")
+    # From the confusion matrix (as scikit-learn defines them, with zero_division=0): the
+    # bootstrap recomputes these thousands of times, and each sklearn scorer re-validates input.
     return {
-        "accuracy": float(skm.accuracy_score(truth, predicted)),
+        "accuracy": float((tp + tn) / truth.size),
         "balanced_accuracy": float(np.nanmean([sensitivity, specificity])),
         "sensitivity": float(sensitivity),
         "specificity": float(specificity),
-        "precision": float(skm.precision_score(truth, predicted, zero_division=0)),
-        "f1": float(skm.f1_score(truth, predicted, zero_division=0)),
+        "precision": float(tp / (tp + fp)) if tp + fp else 0.0,
+        "f1": float(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else 0.0,
         "roc_auc": float(skm.roc_auc_score(truth, probability)) if len(set(truth)) == 2 else float("nan"),
         "tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp),
         "n": int(truth.size),

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
-from sklearn import metrics as skm
 
 
 def paired_arrays(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -41,16 +39,19 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
         ValueError: if the arrays differ in length, are empty or hold non-finite values.
     """
     y_true, y_pred = paired_arrays(y_true, y_pred)
+    # Closed forms, identical to scikit-learn's mean_absolute_error, mean_squared_error and
+    # r2_score (tested against them): the bootstrap recomputes these thousands of times.
+    error = y_pred - y_true
     result = {
-        "mae": float(skm.mean_absolute_error(y_true, y_pred)),
-        "rmse": float(np.sqrt(skm.mean_squared_error(y_true, y_pred))),
-        "mean_error": float(np.mean(y_pred - y_true)),
+        "mae": float(np.abs(error).mean()),
+        "rmse": float(np.sqrt(np.mean(error**2))),
+        "mean_error": float(error.mean()),
         "r2": float("nan"),
         "pearson_r": float("nan"),
         "n": int(y_true.size),
     }
     if y_true.size >= 2 and np.ptp(y_true) > 0:
-        result["r2"] = float(skm.r2_score(y_true, y_pred))
+        result["r2"] = float(1 - np.sum(error**2) / np.sum((y_true - y_true.mean()) ** 2))
         if np.ptp(y_pred) > 0:
-            result["pearson_r"] = float(stats.pearsonr(y_true, y_pred).statistic)
+            result["pearson_r"] = float(np.corrcoef(y_true, y_pred)[0, 1])
     return result
