@@ -21,8 +21,12 @@ the ``encode_labels`` node so that every adapter shares one implementation.
 
 from __future__ import annotations
 
+import os
+import re
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
 
 import pandas as pd
 
@@ -88,3 +92,80 @@ def standardise_columns(table: pd.DataFrame) -> pd.DataFrame:
     out["site"] = out["site"].fillna("unknown").astype(str)
     extras = [c for c in out.columns if c not in COHORT_COLUMNS]
     return out[list(COHORT_COLUMNS) + extras].reset_index(drop=True)
+
+
+def resolve_data_root(data_root: str, data_root_env: str | None, adapter: str, holds: str) -> Path:
+    """A cohort's data folder: ``$<data_root_env>`` when that is set, else ``data_root``.
+
+    Args:
+        data_root: the folder from the parameters, relative to the working directory (the Kedro
+            project root).
+        data_root_env: name of an environment variable that, when set, overrides ``data_root``.
+        adapter: the adapter's registered name, for the message (``cohort.<adapter>.data_root``).
+        holds: what the folder should hold, for the message (e.g. ``"'participants.tsv' and the
+            images"``).
+
+    Returns:
+        The folder, resolved.
+
+    Raises:
+        DataRootError: if the folder does not exist; the message says which environment variable
+            or parameter to set.
+    """
+    from_env = os.environ.get(data_root_env) if data_root_env else None
+    root = Path(from_env or data_root).expanduser()
+    if not root.is_dir():
+        parameter = f"cohort.{adapter}.data_root"
+        how = f"Set {data_root_env} to the folder" if data_root_env else f"Set {parameter} to the folder"
+        source = f"${data_root_env}" if from_env else parameter
+        raise DataRootError(
+            f"Cohort data folder {str(root)!r} (from {source}) does not exist. "
+            f"{how} that holds {holds}, "
+            f"or edit {parameter} in the environment's parameters_data_engineering.yml."
+        )
+    return root.resolve()
+
+
+class _TemplateFields(dict):
+    """Fields for ``str.format_map`` whose missing keys raise a KeyError naming the fields."""
+
+    def __missing__(self, key: str) -> Any:
+        raise KeyError(f"path template uses {{{key}}} but the row has no column {key!r}; columns: {sorted(self)}")
+
+
+def format_path(root: Path, template: str, fields: Mapping[str, Any]) -> str:
+    """Fill a path template (``str.format`` syntax) from ``fields``; relative results are under ``root``.
+
+    Raises:
+        KeyError: if the template uses a field that ``fields`` lacks; the message lists the fields.
+    """
+    path = Path(template.format_map(_TemplateFields(fields)))
+    return str(path if path.is_absolute() else root / path)
+
+
+def find_images(root: Path, pattern: str, name_pattern: str | re.Pattern[str]) -> list[tuple[Path, re.Match[str]]]:
+    """Files matching the glob ``pattern`` under ``root`` whose name matches ``name_pattern``.
+
+    Args:
+        root: the cohort's data folder.
+        pattern: glob relative to ``root`` (``t1/*.nii.gz``, ``sub-*/anat/*_T1w.nii*``).
+        name_pattern: regular expression searched in each file's name; its groups carry the
+            identifiers (subject, site ...) that the caller needs.
+
+    Returns:
+        ``(path, match)`` for every matching path, sorted by path; names that do not match are
+        left out (the caller decides whether to say so). Broken links are kept, so that the QC
+        step reports them as missing files (e.g. a DataLad dataset whose content was not fetched).
+    """
+    regex = re.compile(name_pattern)
+    found = []
+    for path in sorted(root.glob(pattern)):
+        match = regex.search(path.name)
+        if match:
+            found.append((path, match))
+    return found
+
+
+def name_list(names: list[str], n: int = 5) -> str:
+    """The first ``n`` names for a log message, with how many more: ``"a, b ... (+3)"``."""
+    return ", ".join(names[:n]) + (f" ... (+{len(names) - n})" if len(names) > n else "")

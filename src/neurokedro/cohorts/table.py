@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import logging
-import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from neurokedro.cohorts.base import CohortAdapter, DataRootError
+from neurokedro.cohorts.base import CohortAdapter, DataRootError, find_images, format_path, resolve_data_root
 
 logger = logging.getLogger(__name__)
-
-
-class _Row(dict):
-    """Row for ``str.format_map`` whose missing keys raise a KeyError naming the columns."""
-
-    def __missing__(self, key: str) -> Any:
-        raise KeyError(f"path template uses {{{key}}} but the table has no column {key!r}; columns: {sorted(self)}")
 
 
 class TableCohort(CohortAdapter):
@@ -97,17 +88,7 @@ class TableCohort(CohortAdapter):
 
     def root(self) -> Path:
         """The data folder: ``$<data_root_env>`` when set, else ``data_root``."""
-        from_env = os.environ.get(self.data_root_env) if self.data_root_env else None
-        root = Path(from_env or self.data_root).expanduser()
-        if not root.is_dir():
-            how = f"set {self.data_root_env} to the folder" if self.data_root_env else "set cohort.table.data_root"
-            source = f"${self.data_root_env}" if from_env else "cohort.table.data_root"
-            raise DataRootError(
-                f"Cohort data folder {str(root)!r} (from {source}) does not exist. "
-                f"{how.capitalize()} that holds {self.table!r} and the images, "
-                "or edit cohort.table.data_root in the environment's parameters_data_engineering.yml."
-            )
-        return root.resolve()
+        return resolve_data_root(self.data_root, self.data_root_env, "table", f"{self.table!r} and the images")
 
     def build(self) -> pd.DataFrame:
         root = self.root()
@@ -143,12 +124,10 @@ class TableCohort(CohortAdapter):
     def _unlabelled_rows(self, root: Path, table: pd.DataFrame) -> pd.DataFrame:
         """Rows for the images matching ``unlabelled_images`` that the table does not list."""
         listed = {str(Path(p).resolve()) for p in table["image_path"]}
-        pattern = re.compile(self.subject_id_pattern)
         subject_column = self.columns.get("subject_id", "subject_id")
         rows = []
-        for path in sorted(root.glob(self.unlabelled_images)):
-            match = pattern.search(path.name)
-            if str(path.resolve()) in listed or not match:
+        for path, match in find_images(root, self.unlabelled_images, self.subject_id_pattern):
+            if str(path.resolve()) in listed:
                 continue
             record = {subject_column: match.group(1)}
             rows.append({
@@ -164,5 +143,4 @@ class TableCohort(CohortAdapter):
 
     @staticmethod
     def _path(root: Path, template: str, row: Mapping[str, Any]) -> str:
-        path = Path(template.format_map(_Row(row)))
-        return str(path if path.is_absolute() else root / path)
+        return format_path(root, template, row)
