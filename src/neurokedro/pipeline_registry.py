@@ -5,7 +5,7 @@ from __future__ import annotations
 from kedro.pipeline import Pipeline
 
 from neurokedro import plugins
-from neurokedro.pipelines import data_engineering, modelling, reporting
+from neurokedro.pipelines import data_engineering, modelling, predict, reporting
 
 
 def task_pipeline(task_name: str) -> Pipeline:
@@ -18,9 +18,11 @@ def task_pipeline(task_name: str) -> Pipeline:
 
 
 def register_pipelines() -> dict[str, Pipeline]:
-    """``data_engineering``, one pipeline per task in the ``neurokedro.tasks`` registry, and
-    ``__default__`` (the first built-in task, brain-age regression, when registered)."""
-    pipelines: dict[str, Pipeline] = {"data_engineering": data_engineering.create_pipeline()}
+    """``data_engineering``, one pipeline per task in the ``neurokedro.tasks`` registry,
+    ``predict`` (trained models on new scans) and ``__default__`` (the first built-in task,
+    brain-age regression, when registered)."""
+    pipelines: dict[str, Pipeline] = {"data_engineering": data_engineering.create_pipeline(),
+                                      "predict": predict.create_pipeline()}
     for name in plugins.names("tasks"):
         pipelines[name] = task_pipeline(name)
     default = "age_regression" if "age_regression" in pipelines else next(iter(pipelines))

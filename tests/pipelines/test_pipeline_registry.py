@@ -58,3 +58,13 @@ def test_every_task_ends_in_one_report_that_reads_every_figure():
     # brain age is broken down by subgroup on the corrected predictions (corrected_* metrics too)
     (subgroups,) = [n for n in pipelines["age_regression"].nodes if n.name == "age_regression.subgroup_report"]
     assert "age_regression.corrected_predictions" in subgroups.inputs
+
+
+def test_predict_reads_the_trained_models_and_the_bias_correction_as_datasets():
+    predict = register_pipelines()["predict"]
+    assert {"age_regression.model", "sex_classification.model", "tissue_segmentation.model",
+            "age_regression.bias_correction", "intensity_statistics"} <= predict.inputs()
+    assert "autoencoder.model" not in predict.inputs()  # no per-scan output to predict
+    # the new scans are prepared by the same nodes and parameters as the training cohort
+    assert {"params:preprocessing", "params:labels", "params:predict.cohort"} <= predict.inputs()
+    assert predict.outputs() == {"predict.predictions"}

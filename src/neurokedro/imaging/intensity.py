@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 
 def normalise_intensity(
@@ -51,3 +52,26 @@ def normalise_intensity(
     if zero_outside_mask:
         out = np.where(mask, out, 0)
     return out.astype(np.float32, copy=False)
+
+
+def intensity_statistics(images: np.ndarray, rows: np.ndarray) -> pd.DataFrame:
+    """Summary of each preprocessed image's in-brain intensities, to compare cohorts.
+
+    Args:
+        images: ``(N, C, D, H, W)`` preprocessed volumes (e.g. a memory-mapped volume store;
+            background is 0 after masking).
+        rows: indices along N to summarise.
+
+    Returns:
+        DataFrame with ``row``, ``mean``, ``sd``, ``p01`` and ``p99`` (1st and 99th percentiles)
+        of the nonzero voxels of each image, in the preprocessed unit (z-scores or [0, 1]).
+    """
+    stats = []
+    for row in np.asarray(rows, dtype=int):
+        image = np.asarray(images[row], dtype=np.float32)
+        values = image[image != 0]
+        values = values if values.size else np.zeros(1, np.float32)
+        p01, p99 = np.percentile(values, [1, 99])
+        stats.append({"row": int(row), "mean": float(values.mean()), "sd": float(values.std()),
+                      "p01": float(p01), "p99": float(p99)})
+    return pd.DataFrame(stats, columns=["row", "mean", "sd", "p01", "p99"])

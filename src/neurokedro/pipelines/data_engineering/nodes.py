@@ -24,6 +24,7 @@ from neurokedro import plugins
 from neurokedro.cohorts.base import CohortAdapter, standardise_columns
 from neurokedro.cohorts.labels import SEX_CODES, LabelError, parse_age, parse_sex
 from neurokedro.imaging.checks import grids_match, image_problems
+from neurokedro.imaging.intensity import intensity_statistics
 from neurokedro.imaging.preprocess import DEFAULTS as PREPROCESSING_DEFAULTS
 from neurokedro.imaging.preprocess import preprocess_scan
 from neurokedro.imaging.tissue import resample_tissue_classes
@@ -411,3 +412,12 @@ def compile_qc_table(label_findings: pd.DataFrame, scan_findings: pd.DataFrame, 
     if not frames:
         return pd.DataFrame(columns=QC_COLUMNS)
     return pd.concat(frames, ignore_index=True)[QC_COLUMNS]
+
+
+def summarise_intensities(volume_store: VolumeStore) -> pd.DataFrame:
+    """Intensity statistics of every preprocessed scan
+    (:func:`neurokedro.imaging.intensity.intensity_statistics`): the training cohort's are the
+    reference against which the predict pipeline flags out-of-distribution new scans."""
+    index = volume_store.index
+    ok = index[index["preprocess_ok"].astype(bool)] if "preprocess_ok" in index else index
+    return intensity_statistics(volume_store.images, ok["row"].to_numpy(int))

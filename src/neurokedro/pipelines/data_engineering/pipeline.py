@@ -9,18 +9,29 @@ from neurokedro.pipelines.data_engineering.nodes import (
     encode_labels,
     preprocess_scans,
     split_by_subject,
+    summarise_intensities,
 )
 
 
-def create_pipeline(**kwargs) -> Pipeline:
+def preparation_pipeline() -> Pipeline:
+    """Cohort table -> labels -> QC -> volume store -> QC table: what every cohort goes through,
+    for training and for prediction alike (the predict pipeline reuses it in its namespace)."""
     return pipeline(
         [
             node(build_cohort_table, "params:cohort", "cohort_table", name="build_cohort_table"),
             node(encode_labels, ["cohort_table", "params:labels"], ["labelled_cohort", "label_findings"], name="encode_labels"),
             node(check_scans, "labelled_cohort", ["qc_passed_cohort", "scan_findings"], name="check_scans"),
             node(preprocess_scans, ["qc_passed_cohort", "params:preprocessing"], "volume_store", name="preprocess_scans"),
-            node(split_by_subject, ["volume_store", "params:split"], "splits", name="split_by_subject"),
             node(compile_qc_table, ["label_findings", "scan_findings", "volume_store"], "qc_table", name="compile_qc_table"),
-        ],
+            node(summarise_intensities, "volume_store", "intensity_statistics", name="summarise_intensities"),
+        ]
+    )
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    """:func:`preparation_pipeline`, then the subject-grouped test/fold split."""
+    return pipeline(
+        preparation_pipeline()
+        + pipeline([node(split_by_subject, ["volume_store", "params:split"], "splits", name="split_by_subject")]),
         tags=["data_engineering"],
     )
