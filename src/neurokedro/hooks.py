@@ -1,23 +1,52 @@
-"""Project hooks: MLflow experiment per pipeline, and no finished run left active after it."""
+"""Project hooks: a local fallback for an unreachable tracking server, MLflow experiment per
+pipeline, and no finished run left active after it."""
 
 from __future__ import annotations
 
+import copy
 import logging
+import os
+import threading
+import urllib.error
+import urllib.request
+import warnings
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from kedro.framework.hooks import hook_impl
 
 logger = logging.getLogger(__name__)
 
+#: Seconds the tracking server has to answer the probe (``NEUROKEDRO_MLFLOW_PROBE_TIMEOUT`` overrides).
+PROBE_TIMEOUT_S = 5.0
+
 
 class NeuroKedroHooks:
-    """Names the MLflow experiment after the pipeline being run.
+    """Keeps a run going without its tracking server, and names the MLflow experiment after the
+    pipeline being run.
+
+    An ``http(s)`` tracking server (``server.mlflow_tracking_uri`` in ``mlflow.yml``, or
+    ``MLFLOW_TRACKING_URI`` when that is null) is probed once when the context is created,
+    before kedro-mlflow connects to it; when it does not answer, the run is tracked in the
+    project's local store (``sqlite:///<project>/mlflow.db``) instead, with a warning naming
+    both, so neither the trained model nor its metrics are lost.
 
     kedro-mlflow uses one experiment per project unless ``mlflow.yml`` names one; NeuroKedro
     runs one pipeline per task, and runs of different tasks are not comparable, so each
     pipeline gets its own experiment (``age_regression``, ``sex_classification`` ...). Setting
     ``tracking.experiment.name`` in ``mlflow.yml`` pins one experiment instead.
     """
+
+    # tryfirst: project hooks are registered before plugin hooks, and pluggy calls the last
+    # registered first, so without it kedro-mlflow's after_context_created (which connects to
+    # the server: set_experiment, with MLflow's minutes of retries) would run before this one.
+    @hook_impl(tryfirst=True)
+    def after_context_created(self, context: Any) -> None:
+        try:
+            _fall_back_if_tracking_server_unreachable(context)
+        except Exception as exc:  # noqa: BLE001 - the check must never be what stops a run
+            logger.debug("Tracking server check skipped: %s", exc)
 
     @hook_impl(tryfirst=True)
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
@@ -47,6 +76,109 @@ class NeuroKedroHooks:
     @hook_impl(trylast=True)
     def on_pipeline_error(self, error: Exception, run_params: dict[str, Any]) -> None:
         _release_finished_runs()
+
+
+def probe_tracking_server(uri: str, timeout: float | None = None) -> tuple[bool, str]:
+    """Whether the MLflow tracking server at ``uri`` answers, asked once, without retries.
+
+    Only ``http(s)`` URIs are probed (``GET <uri>/health``); any other store (sqlite, file,
+    databricks...) counts as reachable. A server answering anything below 500 (even 401 or
+    404: it is up, only auth or the route differ) is reachable; a refused or timed-out
+    connection, a DNS failure or a 5xx (a proxy whose backend is down) is not.
+
+    Args:
+        uri: the tracking URI.
+        timeout: seconds for the whole probe, DNS included; default ``PROBE_TIMEOUT_S``
+            (``NEUROKEDRO_MLFLOW_PROBE_TIMEOUT`` overrides).
+
+    Returns:
+        ``(reachable, detail)``, detail being the HTTP status or why it could not connect.
+    """
+    parts = urlsplit(str(uri))
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return True, "not probed (not an http server)"
+    if timeout is None:
+        timeout = float(os.environ.get("NEUROKEDRO_MLFLOW_PROBE_TIMEOUT", PROBE_TIMEOUT_S))
+    # credentials in the URI are MLflow's business, not urllib's (it would fail on them)
+    netloc = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
+    if ":" in parts.hostname:  # IPv6 literal
+        netloc = f"[{parts.hostname}]" + (f":{parts.port}" if parts.port is not None else "")
+    url = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/health", "", ""))
+    result: list[tuple[bool, str]] = []
+
+    def ask() -> None:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, method="GET"), timeout=timeout) as response:
+                status = response.status
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+        except Exception as exc:  # noqa: BLE001 - URLError, timeouts, refused connections...
+            result.append((False, str(getattr(exc, "reason", None) or exc)))
+            return
+        result.append((status < 500, f"HTTP {status}"))
+
+    # in a thread, so that a slow DNS lookup (not covered by the socket timeout) is bounded too
+    thread = threading.Thread(target=ask, name="mlflow-tracking-probe", daemon=True)
+    thread.start()
+    thread.join(timeout + 1)
+    return result[0] if result else (False, f"no answer within {timeout:g} s")
+
+
+def _redact(uri: str) -> str:
+    """``uri`` without the password it may hold (``http://user:***@host``)."""
+    parts = urlsplit(str(uri))
+    if parts.password is None:
+        return str(uri)
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)))
+
+
+def _fall_back_if_tracking_server_unreachable(context: Any) -> None:
+    """Point kedro-mlflow at the project's local store when its tracking server is down.
+
+    Runs before kedro-mlflow's ``after_context_created``, which reads ``mlflow.yml`` through the
+    context's config loader: the loader is given the patched configuration, so kedro-mlflow sets
+    up (tracking URI, experiment, client) on the local store, and everything logged in the run
+    (parameters, metrics, child runs, models, artifacts) lands there.
+    """
+    try:
+        import mlflow
+    except ImportError:  # kedro-mlflow not installed: nothing is tracked
+        return
+    if mlflow.active_run() is not None:
+        return  # kedro-mlflow ignores mlflow.yml and logs into the run started around the session
+    loader = context.config_loader
+    try:
+        from kedro_mlflow.config.resolvers import resolve_random_name
+        from omegaconf import OmegaConf
+
+        # kedro-mlflow registers it in its own hook, after this one; mlflow.yml may use it
+        if not OmegaConf.has_resolver("km.random_name"):
+            with warnings.catch_warnings():  # register_new_resolver is deprecated; kedro-mlflow's call
+                warnings.simplefilter("ignore")
+                OmegaConf.register_new_resolver("km.random_name", resolve_random_name, use_cache=True)
+    except ImportError:
+        return
+    try:
+        conf = loader["mlflow"]
+    except Exception:  # noqa: BLE001 - no mlflow.yml (MissingConfigException) or no pattern for it
+        conf = {}
+    server = dict((conf or {}).get("server") or {})
+    # kedro-mlflow's own rule: mlflow.yml, else MLFLOW_TRACKING_URI, else ./mlruns
+    uri = server.get("mlflow_tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI") or "mlruns"
+    reachable, detail = probe_tracking_server(uri)
+    if reachable:
+        return
+    local = f"sqlite:///{Path(context.project_path).resolve().as_posix()}/mlflow.db"
+    logger.warning(
+        "MLflow tracking server %s is unreachable (%s): this run is tracked in the local store %s "
+        "instead; the model, metrics and reports are saved locally (data/) as usual. Once the server "
+        "is back, runs can be copied to it from the local store (e.g. with mlflow-export-import).",
+        _redact(uri), detail, local)
+    patched = copy.deepcopy(dict(conf or {}))
+    patched["server"] = {**server, "mlflow_tracking_uri": local}
+    if server.get("mlflow_registry_uri") == uri:  # the same server: follow the tracking store
+        patched["server"]["mlflow_registry_uri"] = None
+    loader["mlflow"] = patched  # an explicitly set key is what OmegaConfigLoader returns from now on
 
 
 def _release_finished_runs() -> None:

@@ -57,11 +57,14 @@ def child_run(name: str, params: Mapping[str, Any], tags: Mapping[str, str] | No
     if active is None:
         yield None
         return
+    run = None
     try:
         run = mlflow.start_run(run_name=name, nested=True, tags={"mlflow.parentRunId": active.info.run_id, **(tags or {})})
         mlflow.log_params(flatten_params(params))
     except Exception as exc:  # noqa: BLE001
         logger.warning("Could not open the MLflow child run %r (%s); training goes on untracked.", name, exc)
+        if run is not None:  # opened but not usable: close it, or the parent's logging would land in it
+            _end_run(run.info.run_id, "FAILED")
         yield None
         return
     status = "FAILED"
@@ -69,7 +72,20 @@ def child_run(name: str, params: Mapping[str, Any], tags: Mapping[str, str] | No
         yield run.info.run_id
         status = "FINISHED"
     finally:
-        mlflow.end_run(status=status)
+        _end_run(run.info.run_id, status)
+
+
+def _end_run(run_id: str, status: str) -> None:
+    """End the active (child) run ``run_id``; a tracking error is a warning, never an exception
+    (it would replace the block's own exception, or fail a finished training)."""
+    try:
+        import mlflow
+
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == run_id:
+            mlflow.end_run(status=status)  # pops the run before it tells the server
+    except Exception as exc:  # noqa: BLE001
+        logger.warning("Could not end the MLflow run %s as %s (%s).", run_id, status, exc)
 
 
 def log_model(model: nn.Module, run_id: str | None, name: str = "model") -> None:
