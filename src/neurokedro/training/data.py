@@ -2,13 +2,61 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from monai import transforms as mt
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
+
+# Independent random streams derived from one seed (see :func:`derived_seed`).
+SHUFFLE_STREAM, EPOCH_STREAM, AUGMENT_STREAM = 1, 2, 3
+
+
+def derived_seed(*keys: int) -> int:
+    """A 32-bit seed that is a pure function of integer ``keys`` (e.g. seed, stream, epoch,
+    sample), hashed with NumPy's ``SeedSequence`` so that nearby keys give unrelated streams."""
+    return int(np.random.SeedSequence([int(k) % 2**64 for k in keys]).generate_state(1)[0])
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """Training-set order whose every epoch is a pure function of ``(seed, epoch)``.
+
+    Yields ``(index, epoch)`` pairs, so that :class:`VolumeDataset` can seed each sample's
+    augmentation from ``(seed, epoch, index)`` in whichever process (DataLoader worker) loads
+    it. Lightning calls :meth:`set_epoch` before every training epoch; the order is drawn
+    lazily, on the first sample of each pass, from a generator seeded with
+    ``derived_seed(seed, SHUFFLE_STREAM, epoch)``, never from the global torch RNG. Epoch e
+    therefore gives the same batches whether or not the process was restarted before it.
+
+    Args:
+        n: number of samples.
+        seed: the run's seed.
+        shuffle: permute the samples each epoch (``False``: ``0..n-1`` every epoch).
+    """
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True) -> None:
+        self.n, self.seed, self.shuffle = int(n), int(seed), bool(shuffle)
+        self.epoch = 0
+        self.iterated_epoch: int | None = None  # the epoch of the latest pass (a check for resume)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch  # read when the pass starts, not when the DataLoader iterator is made
+        self.iterated_epoch = epoch
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(derived_seed(self.seed, SHUFFLE_STREAM, epoch))
+            order = torch.randperm(self.n, generator=generator).tolist()
+        else:
+            order = list(range(self.n))
+        for i in order:
+            yield i, epoch
 
 
 def build_augmentation(params: Mapping[str, Any] | None, voxelwise: str | None = None) -> mt.Compose | None:
@@ -77,9 +125,15 @@ class VolumeDataset(Dataset):
             label map from ``labels``) or ``"image"`` (the target is the scan itself).
         labels: the store's ``(N, 1, D, H, W)`` integer label maps, for ``"label_map"``.
 
-    ``__getitem__`` returns ``(float32 tensor (C, D, H, W), target)``: a float32 tensor ``(1,)``;
-    for ``"label_map"`` an int64 tensor ``(1, D, H, W)`` of classes; for ``"image"`` the
-    un-noised float32 image ``(C, D, H, W)``.
+        seed: with an ``(i, epoch)`` key (from :class:`EpochSampler`), the augmentation of
+            sample i in that epoch is re-seeded with ``derived_seed(seed, AUGMENT_STREAM, epoch,
+            i)``: reproducible whatever the worker, the batch or an earlier restart, and still
+            different in every epoch. ``None``, or a plain integer key: the augmentation's own
+            running random state.
+
+    ``__getitem__`` takes ``i`` or ``(i, epoch)`` and returns ``(float32 tensor (C, D, H, W),
+    target)``: a float32 tensor ``(1,)``; for ``"label_map"`` an int64 tensor ``(1, D, H, W)``
+    of classes; for ``"image"`` the un-noised float32 image ``(C, D, H, W)``.
     """
 
     def __init__(
@@ -90,6 +144,7 @@ class VolumeDataset(Dataset):
         augment: mt.Compose | None = None,
         voxelwise: str | None = None,
         labels: np.ndarray | None = None,
+        seed: int | None = None,
     ) -> None:
         if voxelwise not in (None, "label_map", "image"):
             raise ValueError(f"voxelwise must be None, 'label_map' or 'image'; got {voxelwise!r}")
@@ -107,6 +162,7 @@ class VolumeDataset(Dataset):
         if len(self.targets) != len(self.rows):
             raise ValueError(f"{len(self.rows)} rows but {len(self.targets)} targets")
         self.augment = augment
+        self.seed = None if seed is None else int(seed)
 
     @property
     def images(self) -> np.ndarray:
@@ -125,7 +181,10 @@ class VolumeDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        i, epoch = (int(key[0]), int(key[1])) if isinstance(key, tuple) else (int(key), None)
+        if self.augment is not None and self.seed is not None and epoch is not None:
+            self.augment.set_random_state(seed=derived_seed(self.seed, AUGMENT_STREAM, epoch, i))
         image = torch.from_numpy(np.array(self.images[self.rows[i]], dtype=np.float32))
         if self.voxelwise is None:
             if self.augment is not None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,11 +20,22 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from neurokedro.tasks.base import Task
-from neurokedro.training.callbacks import MetricHistory
-from neurokedro.training.data import VolumeDataset, build_augmentation
+from neurokedro.training.callbacks import AtomicCheckpointIO, EpochSeed, MetricHistory, RunState, atomic_torch_save
+from neurokedro.training.data import EpochSampler, VolumeDataset, build_augmentation
 from neurokedro.training.module import TaskModule, soft_vote
 
 logger = logging.getLogger(__name__)
+
+#: Files of a fit in ``checkpoint_dir``: Lightning's checkpoints, the finished model with its
+#: history, and the run's fingerprint (human-readable; the authoritative copies are inside the
+#: checkpoints and the final file).
+LAST, BEST, FINAL, FINGERPRINT = "last.ckpt", "best.ckpt", "final.pt", "fingerprint.json"
+
+#: Training parameters that cannot change a fit's result (left out of its fingerprint).
+#: ``num_workers`` is one: every sample's augmentation is seeded from (seed, epoch, sample).
+RESULT_NEUTRAL_PARAMS = frozenset(
+    {"checkpoint_dir", "resume", "progress_bar", "num_workers", "test_time_flip", "ensemble_size", "init_from"}
+)
 
 
 def seed_everything(params: Mapping[str, Any]) -> int:
@@ -32,6 +46,118 @@ def seed_everything(params: Mapping[str, Any]) -> int:
     seed = int(params.get("seed", 42))
     L.seed_everything(seed, workers=True, verbose=False)
     return seed
+
+
+def _digest(*chunks: bytes | str) -> str:
+    h = hashlib.sha256()
+    for chunk in chunks:
+        h.update(chunk.encode() if isinstance(chunk, str) else chunk)
+    return h.hexdigest()
+
+
+def run_fingerprint(
+    net: nn.Module,
+    task: Task,
+    images: np.ndarray,
+    train_rows: np.ndarray,
+    train_targets: np.ndarray,
+    val_rows: np.ndarray,
+    val_targets: np.ndarray,
+    params: Mapping[str, Any],
+    labels: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """What makes a fit the same run: a digest of each part, and one of them all.
+
+    Parts: ``params`` (the training parameters but :data:`RESULT_NEUTRAL_PARAMS`, with the
+    seed resolved), ``data`` (train/validation rows, their targets, and the content of their
+    volumes and label maps, so a rebuilt volume store is noticed), ``net`` (the network's
+    architecture and initial weights, hence also the seed it was built with and any transferred
+    encoder) and ``task``.
+
+    Returns:
+        ``{"digest": str, "parts": {"params", "data", "net", "task": str}}``.
+    """
+    kept = {k: v for k, v in params.items() if k not in RESULT_NEUTRAL_PARAMS}
+    kept["seed"] = int(params.get("seed", 42))
+    h = hashlib.sha256()
+    for name, rows, targets in (("train", train_rows, train_targets), ("val", val_rows, val_targets)):
+        rows = np.asarray(rows, dtype=np.int64)
+        h.update(name.encode())
+        h.update(rows.tobytes())
+        h.update(np.asarray(targets, dtype=np.float32).tobytes())
+        for array in (images, labels):
+            if array is None:
+                continue
+            h.update(f"{array.shape}{array.dtype}".encode())
+            for row in rows:
+                h.update(np.ascontiguousarray(array[row]).data)
+    weights = hashlib.sha256(f"{type(net).__module__}.{type(net).__qualname__}\n{net!r}".encode())
+    for key, tensor in net.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        weights.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
+        weights.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    parts = {
+        "params": _digest(json.dumps(kept, sort_keys=True, default=str)),
+        "data": h.hexdigest(),
+        "net": weights.hexdigest(),
+        "task": _digest(f"{type(task).__module__}.{type(task).__qualname__}:{getattr(task, 'name', '')}"),
+    }
+    return {"digest": _digest(*(f"{k}={v};" for k, v in sorted(parts.items()))), "parts": parts}
+
+
+def _load(path: Path) -> dict[str, Any] | None:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - an unreadable file is a reason to start afresh
+        logger.warning("Could not read %s (%s)", path, exc)
+        return None
+
+
+def _differing(stored: Mapping[str, Any] | None, fingerprint: Mapping[str, Any]) -> str:
+    parts = (stored or {}).get("parts") or {}
+    changed = [k for k, v in fingerprint["parts"].items() if parts.get(k) != v]
+    return ", ".join(changed) if parts and changed else "unknown: written before fingerprints were stored"
+
+
+def _open_checkpoint_dir(
+    directory: Path, fingerprint: dict[str, Any], resume: bool, swa: bool
+) -> tuple[str, dict[str, Any] | None]:
+    """What to do with the run's checkpoint folder: ``("finished", final)``, ``("resume", meta)``
+    or ``("fresh", None)``; for a fresh start the folder is emptied of an earlier run's files
+    (never mixed with it) and the new fingerprint is written."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob(".*.tmp"):  # a save killed before its rename
+        stale.unlink(missing_ok=True)
+    final, last = directory / FINAL, directory / LAST
+    found = [p.name for p in (final, last, directory / BEST) if p.exists()]
+    if found and resume:
+        if final.is_file():
+            payload = _load(final)
+            if payload is not None and payload.get("fingerprint") == fingerprint["digest"]:
+                return "finished", payload
+            why = _differing(payload, fingerprint)
+        elif last.is_file():
+            meta = (_load(last) or {}).get("neurokedro")
+            if meta is not None and meta.get("fingerprint") == fingerprint["digest"]:
+                if not (swa and meta.get("finished")):
+                    return "resume", meta
+                # SWA moves the averaged weights into the model after the last checkpoint
+                why = "the run had finished, but its final model was not saved"
+            else:
+                why = _differing(meta, fingerprint)
+        else:
+            why = "no last checkpoint"
+        logger.warning("%s holds %s from a different run (differing: %s): starting afresh there",
+                       directory, " and ".join(found), why)
+    elif found:
+        logger.info("resume is off: starting afresh in %s (removing %s)", directory, ", ".join(found))
+    for name in (FINAL, LAST, BEST, FINGERPRINT):
+        (directory / name).unlink(missing_ok=True)
+    text = json.dumps(fingerprint, indent=2, sort_keys=True)
+    tmp = directory / f".{FINGERPRINT}.tmp"
+    tmp.write_text(text)
+    tmp.replace(directory / FINGERPRINT)
+    return "fresh", None
 
 
 def fit(
@@ -54,6 +180,21 @@ def fit(
     ``swa.enabled`` the returned weights are instead the stochastic weight average of the last
     epochs (Izmailov et al., UAI 2018), with batch-norm statistics recomputed.
 
+    Reproducibility: every epoch's randomness is a pure function of ``(seed, epoch)``: the
+    shuffle order (:class:`~neurokedro.training.data.EpochSampler`), each sample's augmentation
+    (seeded from ``(seed, epoch, sample)`` in the dataset, whichever worker loads it) and the
+    global RNGs used by dropout (re-seeded at every epoch start,
+    :class:`~neurokedro.training.callbacks.EpochSeed`). On the CPU, two fits with the same seed
+    and parameters give identical histories and weights.
+
+    Resumption: with ``checkpoint_dir`` set and ``resume`` true (the default), a fit whose
+    folder holds the checkpoints of the same run (same :func:`run_fingerprint`: parameters,
+    data, initial weights, seed) continues from ``last.ckpt`` (optimizer, LR schedule, early
+    stopping, best checkpoint and history restored) and ends exactly as an uninterrupted fit;
+    a run that had finished (``final.pt``) is returned without training. Checkpoints of another
+    run are removed with a warning and training starts afresh. Checkpoints are written
+    atomically (:class:`~neurokedro.training.callbacks.AtomicCheckpointIO`).
+
     Args:
         net: network ``(B, C, D, H, W) -> (B, task.out_size)``.
         task: the task (loss, target standardisation).
@@ -63,8 +204,8 @@ def fit(
         params: the ``training`` parameters (see ``conf/base/parameters_<task>.yml``): ``seed``,
             ``max_epochs``, ``batch_size``, ``num_workers``, ``precision``,
             ``gradient_clip_val``, ``early_stopping``, ``optimiser``, ``augmentation``,
-            ``checkpoint_dir``, ``accelerator``, ``devices``, ``deterministic``, ``channels_last``,
-            ``swa`` (``enabled``, ``lr``, ``epoch_start``, ``annealing_epochs``).
+            ``checkpoint_dir``, ``resume``, ``accelerator``, ``devices``, ``deterministic``,
+            ``channels_last``, ``swa`` (``enabled``, ``lr``, ``epoch_start``, ``annealing_epochs``).
         mlflow_prefix: prefix of the per-epoch metric names logged to MLflow.
         labels: the store's ``(N, 1, D, H, W)`` label maps, the targets of a ``label_map`` task
             (the per-scan targets are then ignored).
@@ -80,7 +221,7 @@ def fit(
     """
     if len(train_rows) == 0 or len(val_rows) == 0:
         raise ValueError(f"need training and validation rows; got {len(train_rows)} and {len(val_rows)}")
-    seed_everything(params)
+    seed = seed_everything(params)
     train_targets = np.asarray(train_targets, dtype=np.float32)
     val_targets = np.asarray(val_targets, dtype=np.float32)
     mean, sd = 0.0, 1.0
@@ -90,21 +231,32 @@ def fit(
     def scaled(y: np.ndarray) -> np.ndarray:
         return ((y - mean) / sd).astype(np.float32)
 
+    voxelwise = task.target_source if task.voxelwise else None
+    checkpoint_root = params.get("checkpoint_dir")
+    swa = dict(params.get("swa") or {})
+    fingerprint = None
+    if checkpoint_root:  # before training: the initial weights are part of it
+        fingerprint = run_fingerprint(net, task, images, train_rows, train_targets, val_rows, val_targets, params,
+                                      labels if voxelwise == "label_map" else None)
     batch_size = int(params.get("batch_size", 8))
     workers = int(params.get("num_workers", 0))
+    # The loaders' own generators (used only for worker base seeds) keep the global torch RNG,
+    # which dropout draws from, out of the data loading.
     loader_args = {"num_workers": workers, "persistent_workers": workers > 0}
-    voxelwise = task.target_source if task.voxelwise else None
     dense = {"voxelwise": voxelwise, "labels": labels}
+    sampler = EpochSampler(len(train_rows), seed)
     train_loader = DataLoader(
         VolumeDataset(images, train_rows, scaled(train_targets), build_augmentation(params.get("augmentation"), voxelwise),
-                      **dense),
+                      seed=seed, **dense),
         batch_size=batch_size,
-        shuffle=True,
+        sampler=sampler,
         drop_last=len(train_rows) > batch_size,
+        generator=torch.Generator().manual_seed(seed),
         **loader_args,
     )
     val_loader = DataLoader(
-        VolumeDataset(images, val_rows, scaled(val_targets), **dense), batch_size=batch_size, shuffle=False, **loader_args
+        VolumeDataset(images, val_rows, scaled(val_targets), **dense), batch_size=batch_size, shuffle=False,
+        generator=torch.Generator().manual_seed(seed), **loader_args,
     )
     max_epochs = int(params.get("max_epochs", 30))
     module = TaskModule(
@@ -114,15 +266,30 @@ def fit(
     monitor = f"val_{task.headline_metric}"
     stopping = dict(params.get("early_stopping") or {})
     history = MetricHistory(prefix=mlflow_prefix)
-    checkpoint_root = params.get("checkpoint_dir")
     with tempfile.TemporaryDirectory(prefix="neurokedro-ckpt-") as scratch:
         checkpoint_dir = Path(checkpoint_root) if checkpoint_root else Path(scratch)
+        state, stored = "fresh", None
+        if fingerprint is not None:
+            state, stored = _open_checkpoint_dir(checkpoint_dir, fingerprint, bool(params.get("resume", True)),
+                                                 bool(swa.get("enabled", False)))
+        if state == "finished":
+            assert stored is not None
+            module.model.load_state_dict(stored["model"])
+            history.load_state_dict(stored["history"])
+            history.log_all()
+            logger.info("%s: this run had finished; its model and history are returned without training",
+                        checkpoint_dir)
+            return module.model.cpu().to(memory_format=torch.contiguous_format).eval(), history.to_frame()
         checkpoint = ModelCheckpoint(
             dirpath=checkpoint_dir, filename="best", monitor=monitor, mode=task.headline_mode, save_top_k=1,
-            save_last=True, enable_version_counter=False,
+            enable_version_counter=False,
         )
-        callbacks: list[L.Callback] = [checkpoint, history]
-        swa = dict(params.get("swa") or {})
+        # Every epoch's end (Lightning's save_last only follows a new best): what a resumed fit
+        # starts from. Listed after the best checkpoint and early stopping, so it holds their
+        # decisions of the epoch.
+        latest = ModelCheckpoint(dirpath=checkpoint_dir, filename=LAST.removesuffix(".ckpt"), monitor=None,
+                                 save_top_k=1, enable_version_counter=False)
+        callbacks: list[L.Callback] = [checkpoint, history, EpochSeed(seed, sampler), RunState(fingerprint)]
         if swa.get("enabled", False):
             # Izmailov et al. 2018: averaging the weights of the last epochs finds a flatter
             # optimum; far less sensitive than one checkpoint to a small, noisy validation set.
@@ -141,6 +308,7 @@ def fit(
                     min_delta=float(stopping.get("min_delta", 0.0)),
                 )
             )
+        callbacks.append(latest)
         trainer = L.Trainer(
             max_epochs=max_epochs,
             accelerator=params.get("accelerator", "auto"),
@@ -148,6 +316,7 @@ def fit(
             precision=params.get("precision", "32-true"),
             gradient_clip_val=params.get("gradient_clip_val", 1.0),
             callbacks=callbacks,
+            plugins=[AtomicCheckpointIO()],
             logger=False,
             enable_progress_bar=bool(params.get("progress_bar", True)),
             enable_model_summary=False,
@@ -155,15 +324,28 @@ def fit(
             num_sanity_val_steps=0,
             default_root_dir=str(checkpoint_dir),
         )
-        trainer.fit(module, train_loader, val_loader)
+        ckpt_path = None
+        if state == "resume":
+            assert stored is not None
+            ckpt_path = str(checkpoint_dir / LAST)
+            # The first batch of a fit is loaded before Lightning's set_epoch: start the sampler there.
+            sampler.set_epoch(int(stored["next_epoch"]))
+            logger.info("%s: resuming this run from %s (epoch %d)", checkpoint_dir, LAST, int(stored["next_epoch"]))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*exists and is not empty")  # our own files
+            trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=False)
         best = checkpoint.best_model_path
         if swa.get("enabled", False):
             logger.info("Using the SWA-averaged weights (best single %s was %.4g)", monitor,
                         float(checkpoint.best_model_score or float("nan")))
         elif best:
-            state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
-            module.load_state_dict(state)
+            state_dict = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+            module.load_state_dict(state_dict)
             logger.info("Best %s = %.4g (checkpoint %s)", monitor, float(checkpoint.best_model_score), best)
+        if fingerprint is not None:
+            atomic_torch_save({"fingerprint": fingerprint["digest"], "parts": fingerprint["parts"],
+                               "model": {k: v.detach().cpu() for k, v in module.model.state_dict().items()},
+                               "history": history.state_dict()}, checkpoint_dir / FINAL)
     model: nn.Module = module.model.cpu().to(memory_format=torch.contiguous_format).eval()
     return model, history.to_frame()
 
