@@ -1,9 +1,11 @@
 """Atomic writes of files and folders on a local filesystem.
 
 A run that is killed half-way (Ctrl-C, out-of-memory killer, a preempted cluster job) must never
-leave behind a file or folder that a later run would take for a finished one. Both helpers here
-write to a temporary sibling first and move it into place with a rename, which POSIX guarantees
-to be atomic within one filesystem: readers see either the old content or the new, never a mix.
+leave behind a file or folder that a later run would take for a finished one. The helpers here
+(:func:`atomic_write_path` for a file, :func:`atomic_write_dir` and :func:`atomic_replace_dir`
+for a folder) write to a temporary sibling first and move it into place with a rename, which
+POSIX guarantees to be atomic within one filesystem: readers see either the old content or the
+new, never a mix.
 
 Temporary names end in ``.tmp-<random>`` (after the full final name, e.g.
 ``scan.nii.gz.tmp-k2j4x9``), so leftovers of a killed process never match a suffix pattern such
@@ -23,7 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_write_path", "atomic_replace_dir", "fsync_path"]
+__all__ = ["atomic_write_path", "atomic_write_dir", "atomic_replace_dir", "fsync_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +109,57 @@ def atomic_write_path(
         raise
     if durable:
         fsync_path(final.parent)
+
+
+@contextmanager
+def atomic_write_dir(
+    path: str | os.PathLike, *, make_parents: bool = True, durable: bool = True
+) -> Iterator[Path]:
+    """Yield an empty temporary folder next to ``path``; swap it in for ``path`` on success.
+
+    The folder counterpart of :func:`atomic_write_path`: the ``with`` block fills the folder,
+    and only when it finishes is the folder moved onto ``path`` with :func:`atomic_replace_dir`
+    (any folder already there is replaced). If the block raises anything, including
+    ``KeyboardInterrupt``, the temporary folder is deleted and ``path`` is left as it was.
+
+    Example::
+
+        with atomic_write_dir("data/06_models/age/model") as tmp:
+            mlflow.pytorch.save_model(model, tmp)  # accepts an existing empty folder
+
+    Args:
+        path: Final local folder path.
+        make_parents: Create the parent folders of ``path`` when they do not exist.
+        durable: ``fsync`` every file and folder written before the swap, so the new content
+            survives a power cut as well as a killed process.
+
+    Yields:
+        The temporary folder (``<path>.tmp-<random>``), existing and empty. The block may also
+        delete it and create it again (writers that insist on creating their target folder).
+
+    Raises:
+        OSError: If the folder cannot be created, or the swap fails.
+        FileNotFoundError: If the block deleted the temporary folder and did not recreate it.
+    """
+    final = Path(path)
+    if make_parents:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
+        # mkdtemp creates folders as 0700; give the result a plain mkdir's permissions.
+        if tmp.is_dir():
+            os.chmod(tmp, 0o777 & ~_UMASK)
+        if durable and tmp.is_dir():
+            for root, _dirs, files in os.walk(tmp):
+                for name in files:
+                    if not os.path.islink(os.path.join(root, name)):
+                        fsync_path(Path(root) / name)
+                fsync_path(root)
+        atomic_replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def atomic_replace_dir(tmp_dir: str | os.PathLike, final_dir: str | os.PathLike) -> None:

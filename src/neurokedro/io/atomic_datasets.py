@@ -1,0 +1,123 @@
+"""Crash-safe drop-ins for kedro-datasets' CSV, JSON and text datasets.
+
+kedro-datasets' ``pandas.CSVDataset``, ``json.JSONDataset`` and ``text.TextDataset`` open the
+final path and write into it, so a run killed mid-save leaves a truncated table or report that
+the next run (or a reader of ``data/``) takes for a finished one. The classes here are those same
+datasets with one change, made by :class:`AtomicSaveMixin`: a local save writes a temporary
+sibling (``<name>.tmp-<random>``, see :func:`~neurokedro.io.atomic.atomic_write_path`), flushes
+it to disk and renames it over the final name. Loading, arguments, versioning, ``exists()`` and
+previews are the parents' own.
+
+Catalog entries only change their ``type``::
+
+    splits:
+      type: neurokedro.io.CSVDataset          # was pandas.CSVDataset
+      filepath: data/05_model_input/splits.csv
+
+    "{namespace}.report":
+      type: kedro_mlflow.io.artifacts.MlflowArtifactDataset
+      artifact_path: "{namespace}"
+      dataset:
+        type: neurokedro.io.TextDataset       # was text.TextDataset
+        filepath: data/08_reporting/{namespace}/report.html
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path, PurePath
+from typing import Any, ClassVar
+
+from fsspec.utils import infer_compression
+from kedro_datasets.json import json_dataset as _json
+from kedro_datasets.pandas import csv_dataset as _csv
+from kedro_datasets.text import text_dataset as _text
+
+from neurokedro.io.atomic import atomic_write_path
+
+__all__ = ["AtomicSaveMixin", "CSVDataset", "JSONDataset", "TextDataset"]
+
+
+class AtomicSaveMixin:
+    """Make a Kedro dataset's local saves atomic: write a temporary sibling, then move it in place.
+
+    Put it first among the bases of a subclass of a versioned Kedro dataset whose ``save`` (or
+    legacy ``_save``) writes to ``self._get_save_path()``::
+
+        class CSVDataset(AtomicSaveMixin, kedro_datasets.pandas.CSVDataset):
+            pass
+
+    ``save`` resolves the real save path (versioned or not) once, stages a temporary path with
+    :attr:`_atomic_staging`, and runs the parent's own save with ``_get_save_path()`` answering
+    the temporary path; when the parent returns, the staging moves the result onto the real path.
+    If the parent raises (a serialisation error, ``KeyboardInterrupt``...), the temporary path is
+    deleted and the previous output, if any, stays as it was. A SIGKILL can only leave a
+    ``<name>.tmp-<random>`` sibling behind, which no load or versioned-path lookup ever reads.
+
+    Only local paths are staged (``self._protocol == "file"``; a dataset without ``_protocol``
+    is taken to be local-only). Other fsspec protocols keep the parent's behaviour: object stores
+    publish an object only once its upload completes.
+
+    Staging is a class attribute, a callable ``final_path -> context manager yielding a temporary
+    path``: :func:`~neurokedro.io.atomic.atomic_write_path` (files) by default,
+    :func:`~neurokedro.io.atomic.atomic_write_dir` for datasets that save a folder.
+
+    An fsspec ``compression: infer`` in ``fs_args.open_args_save`` is resolved from the real file
+    name, since the temporary name's suffix says nothing.
+    """
+
+    _atomic_staging: ClassVar[Callable[[str], AbstractContextManager[Path]]] = staticmethod(atomic_write_path)
+    # Set only while the parent's save runs; a class-level None keeps copies and pickles clean.
+    _atomic_save_path: PurePath | None = None
+
+    def _get_save_path(self) -> PurePath:
+        if self._atomic_save_path is not None:
+            return self._atomic_save_path
+        return super()._get_save_path()  # type: ignore[misc]
+
+    def save(self, data: Any) -> None:
+        """Save ``data`` as the parent dataset does, but atomically for local paths."""
+        if getattr(self, "_protocol", "file") != "file":
+            self._parent_save(data)
+            return
+        final = self._get_save_path()  # versioned: also checks the version is new
+        open_args = getattr(self, "_fs_open_args_save", None)
+        with type(self)._atomic_staging(str(final)) as staged:
+            self._atomic_save_path = type(final)(staged)
+            if isinstance(open_args, dict) and open_args.get("compression") == "infer":
+                self._fs_open_args_save = {**open_args, "compression": infer_compression(str(final))}
+            try:
+                self._parent_save(data)
+            finally:
+                self._atomic_save_path = None
+                if open_args is not None:
+                    self._fs_open_args_save = open_args
+        invalidate = getattr(self, "_invalidate_cache", None)
+        if invalidate is not None:
+            invalidate()  # the parent invalidated the temporary path's cache entry, not this one
+
+    # Kedro aliases a class's ``_save`` to ``save`` (legacy datasets such as kedro-mlflow's model
+    # dataset define ``_save``); the alias makes this ``save`` win over a parent's ``_save`` too.
+    _save = save
+
+    def _parent_save(self, data: Any) -> None:
+        """The next class's save, without Kedro's wrapper (which would reset the version cache)."""
+        parent_save = super().save  # type: ignore[misc]
+        raw = getattr(parent_save, "__wrapped__", None)
+        if raw is not None:
+            raw(self, data)
+        else:  # pragma: no cover - every concrete Kedro dataset's save is wrapped
+            parent_save(data)
+
+
+class CSVDataset(AtomicSaveMixin, _csv.CSVDataset):
+    """``kedro_datasets.pandas.CSVDataset`` whose local saves are atomic (same arguments)."""
+
+
+class JSONDataset(AtomicSaveMixin, _json.JSONDataset):
+    """``kedro_datasets.json.JSONDataset`` whose local saves are atomic (same arguments)."""
+
+
+class TextDataset(AtomicSaveMixin, _text.TextDataset):
+    """``kedro_datasets.text.TextDataset`` whose local saves are atomic (same arguments)."""
