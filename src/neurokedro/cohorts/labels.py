@@ -87,16 +87,26 @@ def parse_sex(value: Any, mapping: Mapping[str, str] | None = None) -> float:
 
     Raises:
         LabelError: if the value is not in the mapping (the message lists the accepted values).
+        ValueError: if the mapping maps a value to anything but ``"M"`` or ``"F"``.
     """
+    mapping = {str(k).strip().lower(): str(v).strip().upper() for k, v in (mapping or DEFAULT_SEX_MAPPING).items()}
+    wrong = {k: v for k, v in mapping.items() if v not in SEX_CODES}
+    if wrong:
+        # A configuration error, not a bad row: a plain ValueError stops the run.
+        raise ValueError(f"sex_mapping must map every value to one of {sorted(SEX_CODES)}; got {wrong}")
     if _is_missing(value):
         return math.nan
-    mapping = {str(k).strip().lower(): str(v).upper() for k, v in (mapping or DEFAULT_SEX_MAPPING).items()}
     key = str(value).strip().lower()
     if isinstance(value, float) and value.is_integer():
         key = str(int(value))
     if key not in mapping:
         raise LabelError(f"sex {value!r} is not in the mapping; accepted: {sorted(mapping)}")
     return float(SEX_CODES[mapping[key]])
+
+
+def is_missing(value: Any) -> bool:
+    """True for the values that mean 'no label': None, NaN and blank, "nan", "na", "n/a", "none"."""
+    return _is_missing(value)
 
 
 def _is_missing(value: Any) -> bool:

@@ -9,8 +9,8 @@ import numpy as np
 PLAUSIBLE_VOXEL_MM = (0.1, 20.0)
 
 
-def image_problems(img: nib.spatialimages.SpatialImage) -> list[tuple[str, str]]:
-    """List what is wrong with a loaded image.
+def image_findings(img: nib.spatialimages.SpatialImage) -> list[tuple[str, str, str]]:
+    """List what is wrong with a loaded image, with the offending value.
 
     Reads the voxel data once (so truncated compressed files fail here, not during training).
 
@@ -19,40 +19,69 @@ def image_problems(img: nib.spatialimages.SpatialImage) -> list[tuple[str, str]]
             image with a single volume is accepted.
 
     Returns:
-        ``[(check, detail), ...]``: empty when the image is usable. ``check`` is one of
+        ``[(check, value, message), ...]``: empty when the image is usable. ``check`` is one of
         ``"dimensionality"``, ``"affine"``, ``"voxel_size"``, ``"unreadable"``, ``"non_finite"``,
-        ``"empty"``.
+        ``"empty"``; ``value`` is what was found (a shape, voxel sizes in mm, a count ...) and
+        ``message`` says what is wrong in words.
     """
-    problems: list[tuple[str, str]] = []
-    shape = img.shape
+    problems: list[tuple[str, str, str]] = []
+    shape = tuple(int(s) for s in img.shape)
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
     if len(shape) != 3:
-        problems.append(("dimensionality", f"expected a 3D volume, got shape {tuple(img.shape)}"))
-        return problems
+        return [("dimensionality", str(tuple(int(s) for s in img.shape)),
+                 f"expected one 3D volume, got shape {tuple(int(s) for s in img.shape)}")]
     affine = np.asarray(img.affine, dtype=float)
-    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-6:
-        problems.append(("affine", "the affine is singular or not finite"))
-        return problems
+    if not np.all(np.isfinite(affine)):
+        return [("affine", "not finite", "the affine holds NaN/Inf values")]
+    det = float(np.linalg.det(affine[:3, :3]))
+    if abs(det) < 1e-6:
+        zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+        return [("affine", f"determinant {det:.3g}",
+                 f"the affine is singular (voxel sizes {np.round(zooms, 3).tolist()} mm): a zero voxel size or collapsed axes")]
     zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     low, high = PLAUSIBLE_VOXEL_MM
     if np.any(zooms < low) or np.any(zooms > high):
-        problems.append(("voxel_size", f"voxel size {np.round(zooms, 3).tolist()} mm is implausible"))
+        value = str(np.round(zooms, 3).tolist())
+        problems.append(("voxel_size", value, f"voxel size {value} mm is outside the plausible range [{low}, {high}] mm"))
     try:
         data = np.asanyarray(img.dataobj)
     except Exception as exc:  # noqa: BLE001 - zlib, EOF and header errors all mean 'unreadable'
-        problems.append(("unreadable", f"{type(exc).__name__}: {exc}"))
+        problems.append(("unreadable", type(exc).__name__,
+                         f"the voxel data cannot be read (truncated or corrupt file): {type(exc).__name__}: {exc}"))
         return problems
     if np.issubdtype(data.dtype, np.floating):
-        bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
-        if bad:
-            problems.append(("non_finite", f"{bad} NaN/Inf voxels"))
+        n_nan = int(np.count_nonzero(np.isnan(data)))
+        n_inf = int(np.count_nonzero(np.isinf(data)))
+        if n_nan or n_inf:
+            problems.append(("non_finite", f"{n_nan} NaN, {n_inf} Inf", f"{n_nan} NaN and {n_inf} Inf voxels"))
     finite = data[np.isfinite(data)] if np.issubdtype(data.dtype, np.floating) else data
-    if finite.size == 0 or float(finite.max()) == float(finite.min()):
-        problems.append(("empty", "the image is constant (e.g. all zero)"))
+    if finite.size == 0:
+        problems.append(("empty", "no finite voxel", "the image has no finite voxel"))
+    elif float(finite.max()) == float(finite.min()):
+        value = float(finite.max())
+        problems.append(("empty", f"constant {value:g}", f"the image is constant (every voxel is {value:g}, e.g. all zero)"))
     return problems
+
+
+def image_problems(img: nib.spatialimages.SpatialImage) -> list[tuple[str, str]]:
+    """:func:`image_findings` without the values: ``[(check, message), ...]``, empty when usable."""
+    return [(check, message) for check, _, message in image_findings(img)]
 
 
 def grids_match(a: nib.spatialimages.SpatialImage, b: nib.spatialimages.SpatialImage, atol_mm: float = 1e-3) -> bool:
     """True when two images share voxel grid: same 3D shape and the same affine (to ``atol_mm``)."""
     return tuple(a.shape[:3]) == tuple(b.shape[:3]) and np.allclose(a.affine, b.affine, atol=atol_mm)
+
+
+def grid_mismatch(image: nib.spatialimages.SpatialImage, other: nib.spatialimages.SpatialImage,
+                  atol_mm: float = 1e-3) -> tuple[str, str] | None:
+    """How ``other``'s voxel grid differs from ``image``'s: ``(value, message)``, or None when
+    they match (:func:`grids_match`). The value names the shapes, or the largest affine difference."""
+    if grids_match(image, other, atol_mm):
+        return None
+    a, b = tuple(int(s) for s in image.shape[:3]), tuple(int(s) for s in other.shape[:3])
+    if a != b:
+        return f"{b} vs {a}", f"label map shape {b} differs from the image's {a}"
+    diff = float(np.max(np.abs(np.asarray(other.affine, float) - np.asarray(image.affine, float))))
+    return f"affine differs by {diff:.3g} mm", f"label map affine differs from the image's by up to {diff:.3g} mm (same shape {a})"

@@ -22,8 +22,8 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from neurokedro import plugins
 from neurokedro.cohorts.base import CohortAdapter, standardise_columns
-from neurokedro.cohorts.labels import SEX_CODES, LabelError, parse_age, parse_sex
-from neurokedro.imaging.checks import grids_match, image_problems
+from neurokedro.cohorts.labels import SEX_CODES, LabelError, is_missing, parse_age, parse_sex
+from neurokedro.imaging.checks import grid_mismatch, image_findings
 from neurokedro.imaging.intensity import intensity_statistics
 from neurokedro.imaging.preprocess import DEFAULTS as PREPROCESSING_DEFAULTS
 from neurokedro.imaging.preprocess import preprocess_scan
@@ -116,9 +116,11 @@ def encode_labels(cohort_table: pd.DataFrame, labels: Mapping[str, Any]) -> tupl
     names = {code: name for name, code in SEX_CODES.items()}
     table["sex_label"] = table["sex"].map(lambda v: names.get(int(v)) if v == v else None)
     for column in ("age", "sex"):
-        missing = table[column].isna() & table[f"{column}_raw"].map(_is_blank)
+        missing = table[column].isna() & table[f"{column}_raw"].map(is_missing)
         for row in table[missing].to_dict("records"):
-            findings.append(_finding(row, row.get("image_path"), f"label_{column}", "", f"no {column} given", "label excluded"))
+            raw = row[f"{column}_raw"]
+            findings.append(_finding(row, row.get("image_path"), f"label_{column}", "" if _is_blank(raw) else raw,
+                                     f"no {column} given", "label excluded"))
     return table, pd.DataFrame(findings, columns=QC_COLUMNS)
 
 
@@ -129,9 +131,10 @@ def _is_blank(value: Any) -> bool:
 def check_scans(cohort_table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Quality-check every scan; exclude the unusable ones and say why.
 
-    Checks: missing file, unreadable or truncated NIfTI, not 3D, singular affine or implausible
-    voxel size, NaN/Inf voxels, constant (e.g. all-zero) image, label map missing, unreadable or
-    on another grid, duplicate (subject, session).
+    Checks: missing file, unreadable or truncated NIfTI (or a header declaring more voxels than
+    the file holds), not 3D, singular affine or implausible voxel size, NaN/Inf voxels, constant
+    (e.g. all-zero) image, label map missing, unreadable or on another grid, missing subject id,
+    duplicate (subject, session). Each finding carries the offending value.
 
     Args:
         cohort_table: table from :func:`encode_labels`.
@@ -139,6 +142,10 @@ def check_scans(cohort_table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]
     Returns:
         ``(passed, findings)``: the rows that passed (``label_path`` set to None where only the
         label map failed), and the QC table of findings.
+
+    Raises:
+        EmptyCohortError: if no scan passed; the message lists the findings (the run stops
+            before the QC table is saved).
     """
     findings: list[dict[str, Any]] = []
     keep: list[bool] = []
@@ -146,46 +153,104 @@ def check_scans(cohort_table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]
     duplicated = table.duplicated(subset=["subject_id", "session_id"], keep="first")
     for i, row in enumerate(table.to_dict("records")):
         path = row["image_path"]
+        if _is_blank(row.get("subject_id")) or str(row.get("subject_id")).strip().lower() in {"none", "nan"}:
+            findings.append(_finding(row, path, "missing_id", row.get("subject_id"), "the row has no subject id", "scan excluded"))
+            keep.append(False)
+            continue
         if duplicated.iloc[i]:
             findings.append(_finding(row, path, "duplicate_id", f"{row['subject_id']}/{row['session_id']}",
                                      "duplicate subject/session id; the first occurrence is kept", "scan excluded"))
             keep.append(False)
             continue
         problems, image = _load_and_check(path)
-        for check, message in problems:
-            findings.append(_finding(row, path, check, "", message, "scan excluded"))
+        for check, value, message in problems:
+            findings.append(_finding(row, path, check, value, message, "scan excluded"))
         keep.append(not problems)
         label_path = row.get("label_path")
         if problems or _is_blank(label_path):
             continue
         label_problems, label = _load_and_check(label_path, expect_content=False)
-        if not label_problems and not grids_match(image, label):
-            label_problems = [("label_grid", f"label grid {tuple(label.shape)} differs from image grid {tuple(image.shape)}")]
-        for check, message in label_problems:
-            findings.append(_finding(row, label_path, f"label_map_{check}", "", message, "label map excluded"))
+        mismatch = None if label_problems else grid_mismatch(image, label)
+        if mismatch is not None:
+            label_problems = [("label_grid", *mismatch)]
+        for check, value, message in label_problems:
+            findings.append(_finding(row, label_path, f"label_map_{check}", value, message, "label map excluded"))
         if label_problems:
             table.loc[table.index[i], "label_path"] = None
     passed = table[np.asarray(keep, dtype=bool)].reset_index(drop=True)
-    if passed.empty:
-        raise EmptyCohortError(
-            f"No usable scan left after quality control ({len(table)} checked). "
-            "See data/08_reporting/qc_table.csv for the reason of each exclusion."
-        )
+    findings_table = pd.DataFrame(findings, columns=QC_COLUMNS)
+    _require_usable_scans(passed, table, findings_table)
     logger.info("QC: %d of %d scans passed", len(passed), len(table))
-    return passed, pd.DataFrame(findings, columns=QC_COLUMNS)
+    return passed, findings_table
 
 
-def _load_and_check(path: Any, expect_content: bool = True) -> tuple[list[tuple[str, str]], Any]:
+def _require_usable_scans(passed: pd.DataFrame, checked: pd.DataFrame, findings: pd.DataFrame, n_listed: int = 10) -> None:
+    """Stop the run when no scan passed QC, with every reason in the message.
+
+    The run stops inside :func:`check_scans`, before the QC table is saved, so the message itself
+    lists the findings (the first ``n_listed``, and a count per check).
+
+    Raises:
+        EmptyCohortError: if ``passed`` is empty.
+    """
+    if not passed.empty:
+        return
+    if checked.empty:
+        raise EmptyCohortError(
+            "the cohort table has no rows, so there is no scan to check: check the cohort parameters "
+            "(the table file, its column mapping and the image path template)."
+        )
+    counts = ", ".join(f"{n} {check}" for check, n in findings["check"].value_counts().items())
+    lines = [f"  {r['subject_id']}/{r['session_id']}: {r['check']} = {r['value']!r} in {r['file']}: {r['message']}"
+             for r in findings.head(n_listed).to_dict("records")]
+    more = f"\n  ... and {len(findings) - n_listed} more" if len(findings) > n_listed else ""
+    raise EmptyCohortError(
+        f"every scan failed QC ({len(checked)} checked; {counts}), so nothing is left to preprocess:\n"
+        + "\n".join(lines) + more
+        + "\nThe run stops here, before the QC table (data/08_reporting/qc_table.csv) is written."
+    )
+
+
+def _load_and_check(path: Any, expect_content: bool = True) -> tuple[list[tuple[str, str, str]], Any]:
+    """``([(check, value, message), ...], image)`` of the NIfTI at ``path`` (image None when unreadable)."""
     if _is_blank(path) or not Path(str(path)).is_file():
-        return [("missing_file", f"file not found: {path}")], None
+        return [("missing_file", "not found", f"file not found: {path}")], None
     try:
         img = nib.load(str(path))
     except Exception as exc:  # noqa: BLE001 - every failure to parse means 'not a readable NIfTI'
-        return [("unreadable", f"not a readable NIfTI: {type(exc).__name__}: {exc}")], None
-    problems = image_problems(img)
+        return [("unreadable", type(exc).__name__, f"not a readable NIfTI: {type(exc).__name__}: {exc}")], None
+    oversized = _declared_size_problem(img, str(path))
+    if oversized:
+        return [oversized], None
+    problems = image_findings(img)
     if not expect_content:
         problems = [p for p in problems if p[0] != "empty"]
     return problems, img
+
+
+#: gzip (deflate) cannot compress by more than ~1032:1, so a .nii.gz holds at most this many
+#: voxel bytes per byte of file.
+_MAX_GZIP_RATIO = 1100
+
+
+def _declared_size_problem(img: Any, path: str) -> tuple[str, str, str] | None:
+    """A finding when the header declares more voxel data than the file can hold (a corrupt
+    shape or dtype): found before reading, because nibabel would first allocate that much memory."""
+    proxy = getattr(img, "dataobj", None)
+    file_map = getattr(img, "file_map", {}) or {}
+    data_file = getattr(file_map.get("image"), "filename", None) or path
+    try:
+        declared = int(proxy.offset) + int(np.prod(proxy.shape, dtype=np.int64)) * np.dtype(proxy.dtype).itemsize
+        size = Path(data_file).stat().st_size
+        with open(data_file, "rb") as handle:
+            compressed = handle.read(2) == b"\x1f\x8b"
+    except (AttributeError, TypeError, ValueError, OSError):
+        return None
+    if declared <= (size * _MAX_GZIP_RATIO if compressed else size):
+        return None
+    return ("unreadable", f"{declared} bytes declared, {size} in file",
+            f"the header declares {tuple(int(s) for s in proxy.shape)} {np.dtype(proxy.dtype)} voxels ({declared} bytes), "
+            f"more than the {size}-byte file can hold: truncated file or corrupt header")
 
 
 class ScanPreprocessor:
