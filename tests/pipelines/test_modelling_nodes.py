@@ -128,3 +128,18 @@ def test_evaluate_model_without_test_scans_is_an_error():
     with pytest.raises(ValueError, match="no test scans"):
         evaluate_model(pd.DataFrame({"split": ["train"], "chronological_age": [1.0], "predicted_age": [1.0]}),
                        pd.DataFrame(), "age_regression")
+
+
+def test_a_subject_in_two_parts_stops_training_before_it_starts():
+    """Sessions of one subject in two folds (or in a fold and the test set) leak: refused."""
+    store, splits = _store()
+    scans = select_task_scans(store, splits, "age_regression")
+    train = scans[scans["split"] == "train"]
+    first, other = train.iloc[0], train[train["fold"] != train.iloc[0]["fold"]].iloc[0]
+    second_session = other.to_dict() | {"subject_id": first["subject_id"], "session_id": "2"}
+    leaky = pd.concat([scans, pd.DataFrame([second_session])], ignore_index=True)
+    with pytest.raises(AssertionError, match=f"more than one fold: \\['{first['subject_id']}'\\]"):
+        train_model(store, leaky, MODEL, TRAINING, "age_regression")
+    test_row = scans[scans["split"] == "test"].iloc[0].to_dict() | {"subject_id": first["subject_id"], "session_id": "3"}
+    with pytest.raises(AssertionError, match="more than one split"):
+        train_model(store, pd.concat([scans, pd.DataFrame([test_row])], ignore_index=True), MODEL, TRAINING, "age_regression")

@@ -12,6 +12,7 @@ from torch import nn
 
 from neurokedro.io.volume_store import VolumeStore
 from neurokedro.models import build_model
+from neurokedro.pipelines.data_engineering.nodes import assert_no_subject_leakage
 from neurokedro.tasks.base import get_task
 from neurokedro.training.fit import fit, predict, seed_everything
 from neurokedro.training.module import FoldEnsemble, MeanEnsemble
@@ -83,6 +84,8 @@ def train_model(
         epoch with columns ``fold``, ``mlflow_run_id`` (and ``member`` for ensembles).
 
     Raises:
+        AssertionError: if a subject is in two of {test, each fold} (every session of a subject
+            must stay in one part); checked before any training.
         ValueError: if the training scans have fewer than 2 folds.
         FileNotFoundError: if ``init_from`` is ``autoencoder`` and no autoencoder was trained.
         neurokedro.training.transfer.TransferError: if the pretrained encoder does not fit the
@@ -91,6 +94,7 @@ def train_model(
     task = get_task(task_name)
     spec = task.model_spec(model)
     pretrained = resolve_pretrained(training.get("init_from"), pretrained_model)
+    assert_no_subject_leakage(task_scans)  # again here: task_scans is a dataset a user could edit
     cv = task_scans[task_scans["split"] == "train"]
     folds = sorted(int(f) for f in cv["fold"].unique()) if "fold" in cv else []
     if len(folds) < 2:
