@@ -54,3 +54,23 @@ def test_predict_new_scans_after_training(kedro_project):
     assert len(ok) == 3 and ok["predicted_age"].between(0, 120).all()
     assert "probability_female" not in out  # sex skipped (null)
     assert {p.name: p.read_bytes() for p in new.iterdir()} == before  # the user's files are untouched
+
+    # the same trained model on a BIDS copy: two sessions of one subject, one subject without age
+    bids = root / "data/01_raw/bids"
+    for subject, session, scan in (("01", "1", scans[0]), ("01", "2", scans[1]), ("02", None, scans[2])):
+        folder = bids / f"sub-{subject}" / (f"ses-{session}/anat" if session else "anat")
+        folder.mkdir(parents=True)
+        shutil.copy(scan, folder / f"sub-{subject}{f'_ses-{session}' if session else ''}_T1w.nii.gz")
+    (bids / "participants.tsv").write_text("participant_id\tage\tsex\nsub-01\t61\tF\nsub-02\tn/a\tM\n")
+    kedro_project("predict", params={**params, "predict": {
+        "cohort": {"name": "bids", "bids": {"data_root": str(bids)}},
+        "models": {"sex_classification": None, "tissue_segmentation": None}}})
+    out = pd.read_csv(root / "data/07_model_output/predict/predictions.csv")
+    assert sorted(zip(out["subject_id"], out["session_id"].astype(str))) == [
+        ("sub-01", "ses-1"), ("sub-01", "ses-2"), ("sub-02", "1")]
+    assert (out["qc_status"] == "ok").all() and np.isfinite(out["predicted_age"]).all()
+    known = out[out["subject_id"] == "sub-01"]
+    # where the age is known, the training run's out-of-fold bias correction is applied
+    assert np.isfinite(known["corrected_brain_age_gap"]).all()
+    assert np.isnan(out.loc[out["subject_id"] == "sub-02", "corrected_brain_age_gap"]).all()
+
