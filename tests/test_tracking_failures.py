@@ -96,6 +96,8 @@ def local_tracking(tmp_path):
 
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path.as_posix()}/mlflow.db")
+    # an experiment of this store: the one a Kedro session left active belongs to another store
+    mlflow.set_experiment("tracking-failures")
     yield mlflow
     while mlflow.active_run() is not None:
         mlflow.end_run()
@@ -103,11 +105,16 @@ def local_tracking(tmp_path):
 
 
 @pytest.mark.timeout(60)
-def test_tracking_errors_mid_run_are_warnings(local_tracking, monkeypatch, caplog):
+def test_tracking_errors_mid_run_are_warnings(local_tracking, monkeypatch, caplog, request):
     """The server failing while a fold trains: the child run is closed, the training goes on."""
     from neurokedro.training import tracking
 
     mlflow = local_tracking
+    # A Kedro session earlier in the test process may have configured the project's loggers not
+    # to propagate to the root logger (where caplog listens): listen on the module's logger itself.
+    tracking_logger = logging.getLogger("neurokedro.training.tracking")
+    tracking_logger.addHandler(caplog.handler)
+    request.addfinalizer(lambda: tracking_logger.removeHandler(caplog.handler))
     caplog.set_level(logging.WARNING, logger="neurokedro.training.tracking")
     with mlflow.start_run() as parent:
         # opened, but its parameters cannot be logged: closed again, the block runs untracked
