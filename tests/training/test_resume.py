@@ -143,20 +143,18 @@ def test_a_kill_during_a_checkpoint_save_leaves_the_previous_one_intact(tmp_path
     target = tmp_path / LAST
     atomic_torch_save({"epoch": 2, "w": torch.arange(1000.0)}, target)
 
-    def half_write_then_die(obj, f):
-        f.write(b"PK\x03\x04" + bytes(100_000))
-        f.flush()
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    pid = os.fork()
-    if pid == 0:  # the child is killed half-way through writing the new checkpoint
-        try:
-            torch.save = half_write_then_die
-            atomic_torch_save({"epoch": 3, "w": torch.zeros(100_000)}, target)
-        finally:
-            os._exit(1)
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    # A fresh process (not a fork: forking a process that holds torch's or logging's locks can
+    # deadlock the child) is killed half-way through writing the new checkpoint.
+    child = (
+        "import os, signal, sys, torch\n"
+        "from neurokedro.training.callbacks import atomic_torch_save\n"
+        "def half_write_then_die(obj, f):\n"
+        "    f.write(b'PK\\x03\\x04' + bytes(100_000)); f.flush(); os.kill(os.getpid(), signal.SIGKILL)\n"
+        "torch.save = half_write_then_die\n"
+        "atomic_torch_save({'epoch': 3, 'w': torch.zeros(100_000)}, sys.argv[1])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", child, str(target)], timeout=120)
+    assert result.returncode == -signal.SIGKILL
     leftovers = list(tmp_path.glob(".*.tmp"))
     assert len(leftovers) == 1 and leftovers[0].stat().st_size > 100_000  # written beside it, never over it
     old = torch.load(target, weights_only=True)
