@@ -86,3 +86,14 @@ def kedro_project(tmp_path, monkeypatch):
 
     while mlflow.active_run() is not None:  # never leak a run into the next test
         mlflow.end_run()
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test: results are bit-identical only for a fixed thread count."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

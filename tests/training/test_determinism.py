@@ -30,14 +30,6 @@ def conf_training(task: str) -> dict:
     return {**training, "max_epochs": 3, "batch_size": 4, "progress_bar": False, "checkpoint_dir": None}
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def fit_age(params, model=None):
     rng = np.random.default_rng(0)
     ages = rng.uniform(20, 80, 20).astype(np.float32)

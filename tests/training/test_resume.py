@@ -47,14 +47,6 @@ def run_fit(**overrides):
     return fit(net, get_task("age_regression"), images, np.arange(16), ages[:16], np.arange(16, 24), ages[16:], params)
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def assert_same_fit(a, b):
     (model_a, history_a), (model_b, history_b) = a, b
     pd.testing.assert_frame_equal(history_a, history_b, check_exact=True)

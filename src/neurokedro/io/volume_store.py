@@ -190,6 +190,14 @@ class VolumeStore:
             )
         return tuple(float(v) for v in sizes[0])  # type: ignore[return-value]
 
+    @property
+    def preprocessed_index(self) -> pd.DataFrame:
+        """The rows of :attr:`index` whose volume was preprocessed successfully
+        (``preprocess_ok``; every row when the store has no such column)."""
+        if "preprocess_ok" not in self.index:
+            return self.index
+        return self.index[self.index["preprocess_ok"].astype(bool)]
+
     def rows_for(self, index_subset: pd.DataFrame) -> np.ndarray:
         """Array positions of the volumes listed in a subset of :attr:`index`.
 

@@ -356,9 +356,7 @@ def split_by_subject(volume_store: VolumeStore, split: Mapping[str, Any]) -> pd.
         ValueError: if ``n_folds < 2`` or there are fewer training subjects than folds.
         AssertionError: if a subject ends up in two sets or two folds (guards regressions).
     """
-    index = volume_store.index
-    ok = index["preprocess_ok"].astype(bool) if "preprocess_ok" in index else pd.Series(True, index=index.index)
-    scans = index[ok].reset_index(drop=True)
+    scans = volume_store.preprocessed_index.reset_index(drop=True)
     if scans.empty:
         raise EmptyCohortError("No scan was preprocessed successfully; see data/08_reporting/qc_table.csv")
     seed, n_folds = int(split.get("seed", 42)), int(split.get("n_folds", 5))
@@ -468,7 +466,7 @@ def compile_qc_table(label_findings: pd.DataFrame, scan_findings: pd.DataFrame, 
         DataFrame with columns ``subject_id, session_id, file, check, value, message, action``.
     """
     index = volume_store.index
-    failed = index[~index["preprocess_ok"].astype(bool)] if "preprocess_ok" in index else index.iloc[:0]
+    failed = index.drop(volume_store.preprocessed_index.index)
     preprocess_findings = [
         _finding(row, row.get("image_path"), "preprocessing", "", str(row.get("preprocess_error", "")), "scan excluded")
         for row in failed.to_dict("records")
@@ -483,6 +481,4 @@ def summarise_intensities(volume_store: VolumeStore) -> pd.DataFrame:
     """Intensity statistics of every preprocessed scan
     (:func:`neurokedro.imaging.intensity.intensity_statistics`): the training cohort's are the
     reference against which the predict pipeline flags out-of-distribution new scans."""
-    index = volume_store.index
-    ok = index[index["preprocess_ok"].astype(bool)] if "preprocess_ok" in index else index
-    return intensity_statistics(volume_store.images, ok["row"].to_numpy(int))
+    return intensity_statistics(volume_store.images, volume_store.preprocessed_index["row"].to_numpy(int))

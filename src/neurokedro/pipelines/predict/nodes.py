@@ -95,8 +95,7 @@ def predict_task(
     """
     task = get_task(task_name)
     model = load_model((predict_params.get("models") or {}).get(task_name), latest_model, task_name)
-    index = volume_store.index
-    usable = index[index.get("preprocess_ok", pd.Series(True, index=index.index)).astype(bool)]
+    usable = volume_store.preprocessed_index
     if model is None or usable.empty:
         return pd.DataFrame({"row": pd.Series(dtype=int)})
     batch = int(predict_params.get("batch_size", 4))
@@ -185,8 +184,7 @@ def assemble_predictions(
     """
     columns = [c for c in ("subject_id", "session_id", "site", "image_path", "age", "sex") if c in cohort_table]
     out = cohort_table[columns].reset_index(drop=True).copy()
-    index = volume_store.index
-    ok = index[index.get("preprocess_ok", pd.Series(True, index=index.index)).astype(bool)]
+    ok = volume_store.preprocessed_index
     out = out.merge(ok[["image_path", "row"]].drop_duplicates("image_path"), on="image_path", how="left")
     findings = qc_table.assign(reason=qc_table["check"].astype(str) + ": " + qc_table["message"].astype(str))
     by_scan = findings.groupby(["subject_id", "session_id"])["reason"].agg("; ".join)
