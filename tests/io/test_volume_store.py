@@ -638,3 +638,145 @@ def test_atomic_replace_dir_restores_old_folder_when_the_move_fails(tmp_path, mo
 def test_atomic_replace_dir_requires_an_existing_folder(tmp_path):
     with pytest.raises(FileNotFoundError):
         atomic_replace_dir(tmp_path / "missing", tmp_path / "out")
+
+
+# --- the previous store as a cache of lazy saves ---------------------------------------------------
+
+
+class Calls:
+    """The rows a store computed, recorded in a file so that worker processes' calls count too."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def record(self, i: int) -> None:
+        with open(self.path, "a") as f:
+            f.write(f"{i}\n")
+
+    def rows(self) -> list[int]:
+        return sorted(int(v) for v in self.path.read_text().split()) if self.path.exists() else []
+
+
+def counting_lazy_store(keys: list[str], calls: Calls, fail: set[int] = frozenset(), **kwargs) -> LazyVolumeStore:
+    """A lazy store whose row i is volume(i), keyed ``keys[i]``; ``calls`` records computed rows."""
+
+    def compute(i: int) -> PreprocessedVolume:
+        calls.record(i)
+        if i in fail:
+            raise ValueError(f"bad scan {i}")
+        return volume(i)
+
+    index = cohort_index(len(keys)).assign(cache_key=keys)
+    return lazy_store(n=len(keys), index=index, compute=compute, **kwargs)
+
+
+def test_unchanged_rows_are_copied_from_the_previous_store_not_recomputed(tmp_path, caplog):
+    path = tmp_path / "store"
+    ds = VolumeStoreDataset(filepath=str(path))
+    keys = [f"key{i}" for i in range(6)]
+    first = Calls(tmp_path / "first")
+    ds.save(counting_lazy_store(keys, first, fail={4}))
+    assert first.rows() == [0, 1, 2, 3, 4, 5]
+    before = ds.load()
+    expected_images, expected_labels = np.array(before.images), np.array(before.labels)
+    expected_index = before.index.copy()
+
+    second = Calls(tmp_path / "second")
+    with caplog.at_level(logging.INFO, logger="neurokedro.io.volume_store"):
+        ds.save(counting_lazy_store(keys, second, fail={4}))
+    assert second.rows() == []  # nothing recomputed, the failure included
+    assert "6 of 6 volumes reused" in caplog.text
+    after = ds.load()
+    np.testing.assert_array_equal(after.images, expected_images)
+    np.testing.assert_array_equal(after.labels, expected_labels)
+    np.testing.assert_array_equal(after.affines, before.affines)
+    pd.testing.assert_frame_equal(after.index, expected_index)
+    assert not after.index["preprocess_ok"].iloc[4] and "bad scan 4" in after.index["preprocess_error"].iloc[4]
+    assert json.loads((path / "meta.json").read_text())["n_reused"] == 6
+
+
+@pytest.mark.parametrize("n_workers", [1, 2])
+def test_only_new_or_changed_rows_are_computed_and_placed_by_key(tmp_path, n_workers):
+    ds = VolumeStoreDataset(filepath=str(tmp_path / "store"))
+    ds.save(counting_lazy_store([f"key{i}" for i in range(5)], Calls(tmp_path / "first")))
+    old = ds.load()
+    old_images = np.array(old.images)
+    # Row order changes, row 2's input changed (new key), and a sixth scan joins.
+    keys = ["key4", "key0", "changed2", "key1", "key3", "new5"]
+    calls = Calls(tmp_path / "calls")
+    ds.save(counting_lazy_store(keys, calls, n_workers=n_workers))
+    assert calls.rows() == [2, 5]
+    new = ds.load()
+    for i, key in enumerate(keys):
+        if key.startswith("key"):  # copied from the old row with that key
+            np.testing.assert_array_equal(new.images[i], old_images[int(key[3:])])
+        else:
+            np.testing.assert_array_equal(new.images[i], volume(i).image)
+    assert new.index["preprocess_ok"].all()
+
+
+@pytest.mark.parametrize("change", [{"dtype": "float16"}, {"with_labels": False}])
+def test_a_store_of_another_kind_is_not_reused(tmp_path, change):
+    ds = VolumeStoreDataset(filepath=str(tmp_path / "store"))
+    keys = [f"key{i}" for i in range(3)]
+    ds.save(counting_lazy_store(keys, Calls(tmp_path / "first")))
+    calls = Calls(tmp_path / "calls")
+    ds.save(counting_lazy_store(keys, calls, **change))
+    assert calls.rows() == [0, 1, 2]
+
+
+def test_rows_without_a_cache_key_are_always_computed(tmp_path):
+    ds = VolumeStoreDataset(filepath=str(tmp_path / "store"))
+    ds.save(counting_lazy_store(["", "key1"], Calls(tmp_path / "first")))
+    calls = Calls(tmp_path / "calls")
+    ds.save(counting_lazy_store(["", "key1"], calls))
+    assert calls.rows() == [0]
+
+
+# --- reading rows without keeping them mapped ------------------------------------------------------
+
+
+def _rss_file_kb() -> int:
+    """This process's resident file-backed memory (kB), from /proc."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1])
+    pytest.skip("no RssFile in /proc/self/status")
+
+
+def test_read_row_matches_indexing_for_maps_views_and_arrays(tmp_path):
+    from neurokedro.io import read_row
+
+    images = np.random.default_rng(0).normal(size=(5, 2, 3, 4, 5)).astype(np.float16)
+    np.save(tmp_path / "images.npy", images)
+    mapped = np.load(tmp_path / "images.npy", mmap_mode="r")
+    for array in (mapped, images, mapped[1:4]):
+        for i in (0, len(array) - 1, -1):
+            row = read_row(array, i)
+            np.testing.assert_array_equal(row, np.asarray(array[i]))
+            assert row.dtype == np.float16 and row.flags.writeable
+    with pytest.raises(IndexError, match="row 5 is outside a store array of 5 rows"):
+        read_row(mapped, 5)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_reading_every_row_of_a_store_keeps_resident_memory_flat(tmp_path):
+    from neurokedro.io import read_row
+
+    n, shape = 48, (1, 32, 32, 32)  # 6 MiB of float32
+    VolumeStoreDataset(filepath=str(tmp_path / "store")).save(VolumeStore(
+        index=pd.DataFrame({"subject_id": [str(i) for i in range(n)]}),
+        images=np.ones((n, *shape), dtype=np.float32), affines=np.tile(np.eye(4), (n, 1, 1))))
+    store = VolumeStoreDataset(filepath=str(tmp_path / "store")).load()
+    size_kb = n * np.prod(shape) * 4 // 1024
+
+    before = _rss_file_kb()
+    total = sum(float(read_row(store.images, i)[0, 0, 0, 0]) for i in range(n))
+    grown_by_read_row = _rss_file_kb() - before
+    before = _rss_file_kb()
+    total += sum(float(np.array(store.images[i])[0, 0, 0, 0]) for i in range(n))
+    grown_through_the_map = _rss_file_kb() - before
+
+    assert total == 2 * n
+    assert grown_through_the_map > size_kb / 2  # the measurement sees mapped pages
+    assert grown_by_read_row < size_kb / 10

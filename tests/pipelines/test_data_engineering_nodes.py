@@ -1,4 +1,5 @@
 import gzip
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 from conftest import make_head
 
 from neurokedro.io.volume_store import VolumeStore, VolumeStoreDataset
+from neurokedro.pipelines.data_engineering import nodes
 from neurokedro.pipelines.data_engineering.nodes import (
     EmptyCohortError,
     check_scans,
@@ -91,6 +93,39 @@ def test_preprocess_store_split_and_qc_end_to_end(tmp_path):
     assert splits["split"].value_counts().to_dict() == {"train": 8, "test": 2}
     assert sorted(splits.loc[splits["split"] == "train", "fold"].value_counts().tolist()) == [2, 2, 2, 2]
     assert compile_qc_table(label_findings, scan_findings, store).empty
+
+
+def test_rerunning_preprocessing_computes_only_new_or_edited_scans(tmp_path, monkeypatch):
+    (tmp_path / "scans").mkdir()
+    table, _ = encode_labels(_cohort(tmp_path / "scans", 6), LABELS)
+    passed, _ = check_scans(table)
+    params = {"grid_shape": [8, 8, 8], "voxel_size_mm": 3.0}
+    dataset = VolumeStoreDataset(filepath=str(tmp_path / "store"))
+    dataset.save(preprocess_scans(passed, params))
+    first = np.array(dataset.load().images)
+
+    computed: list[str] = []
+    original = nodes.preprocess_scan
+    monkeypatch.setattr(nodes, "preprocess_scan", lambda image, *a, **k: computed.append(image.get_filename()) or original(image, *a, **k))
+    # Unchanged inputs, one of them copied to a new path: nothing is computed, the store is the same.
+    moved = passed.copy()
+    copy = tmp_path / "copy_s1.nii.gz"
+    copy.write_bytes(Path(moved.loc[1, "image_path"]).read_bytes())
+    moved.loc[1, "image_path"] = str(copy)
+    dataset.save(preprocess_scans(moved, params))
+    assert computed == []
+    np.testing.assert_array_equal(dataset.load().images, first)
+
+    # One scan edited and one parameter of another run changed: only what they affect is computed.
+    edited, _ = make_head(shape=(16, 16, 16), seed=99)
+    nib.save(edited, passed.loc[2, "image_path"])
+    dataset.save(preprocess_scans(passed, params))
+    assert computed == [passed.loc[2, "image_path"]]
+    assert not np.array_equal(dataset.load().images[2], first[2])
+    np.testing.assert_array_equal(dataset.load().images[[0, 1, 3, 4, 5]], first[[0, 1, 3, 4, 5]])
+    computed.clear()
+    dataset.save(preprocess_scans(passed, {**params, "clip": 3.0}))
+    assert len(computed) == 6
 
 
 def _store_with(index: pd.DataFrame) -> VolumeStore:

@@ -21,6 +21,7 @@ from neurokedro.io.volume_store import (
     PreprocessedVolume,
     VolumeStore,
     VolumeStoreDataset,
+    read_row,
 )
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "atomic_replace_dir",
     "atomic_write_dir",
     "atomic_write_path",
+    "read_row",
 ]
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import mmap
 import multiprocessing as mp
 import operator
 import os
@@ -51,6 +52,7 @@ from neurokedro.io.atomic import atomic_replace_dir, atomic_write_path, fsync_pa
 
 __all__ = [
     "LazyVolumeStore",
+    "read_row",
     "PreprocessedVolume",
     "VolumeStore",
     "VolumeStoreDataset",
@@ -63,8 +65,34 @@ FORMAT_VERSION = 1
 IMAGE_DTYPES = ("float16", "float32")
 LABEL_DTYPE = np.int16
 NO_LABEL = -1  # label value of voxels of a volume that has no label map
+#: Index column of a lazy store naming what a row was computed from (see :class:`LazyVolumeStore`).
+CACHE_KEY = "cache_key"
 
 _INT16_MIN, _INT16_MAX = np.iinfo(np.int16).min, np.iinfo(np.int16).max
+
+
+def read_row(array: np.ndarray, i: int) -> np.ndarray:
+    """Row ``i`` of a store array (``images[i]``: ``(C, D, H, W)``, ``labels[i]``: ``(1, D, H, W)``)
+    as a new in-RAM array of the same dtype.
+
+    When ``array`` is the memory map of a whole ``.npy`` file (what :class:`VolumeStoreDataset`
+    loads), the row is read with plain file I/O rather than through the map, so the pages read
+    do not stay mapped into this process: resident memory stays flat however many volumes an
+    epoch reads, while the OS page cache still serves repeated reads. Any other array (in RAM,
+    or a view of a map) is indexed and copied.
+
+    Raises:
+        IndexError: if ``i`` is outside ``0..len(array)-1``.
+    """
+    i = int(i)
+    if not -len(array) <= i < len(array):
+        raise IndexError(f"row {i} is outside a store array of {len(array)} rows")
+    if isinstance(array, np.memmap) and isinstance(array.base, mmap.mmap) and array.filename and array.flags.c_contiguous:
+        i %= len(array)
+        count = int(np.prod(array.shape[1:], dtype=np.int64))
+        row = np.fromfile(array.filename, dtype=array.dtype, count=count, offset=array.offset + i * count * array.itemsize)
+        return row.reshape(array.shape[1:])
+    return np.array(array[i])
 
 
 # --------------------------------------------------------------------------------------------
@@ -289,9 +317,17 @@ class LazyVolumeStore:
     for the rows that succeeded). ``KeyboardInterrupt`` and other ``BaseException``s abort the
     save and leave any previous store untouched.
 
+    Caching: a row whose index column ``cache_key`` (a string naming everything the volume is
+    computed from: input file contents, parameters, code version) equals the ``cache_key`` of a
+    row of the store being replaced is copied from it instead of computed, failures included,
+    provided both stores have the same channels, grid, dtype and label maps. So re-running
+    preprocessing on unchanged inputs computes nothing, and a cohort with one new or changed scan
+    computes that one. Rows without a key (or an empty one) are always computed.
+
     Attributes:
         index: One row per volume to compute, in output order; ``compute(i)`` is called with the
-            position ``i`` in this table. A ``row`` column is added (``0..N-1``) when missing.
+            position ``i`` in this table. A ``row`` column is added (``0..N-1``) when missing;
+            an optional ``cache_key`` column enables reuse (see above).
         n_channels: Channels C of every image.
         grid_shape: ``(D, H, W)`` voxel grid every image and label map must have.
         dtype: ``"float16"`` (half the disk and page-cache footprint; fine for normalised
@@ -365,6 +401,9 @@ class VolumeStoreDataset(AbstractDataset[VolumeStore | LazyVolumeStore, VolumeSt
     the previous store, if any, readable and unchanged; the orphaned ``.tmp-`` folder is never
     read (a warning names it on the next save so it can be deleted). Memory stays flat: volumes
     are copied or computed one at a time (``2 * n_workers`` in flight when parallel).
+
+    The previous store is also the cache of a :class:`LazyVolumeStore` save: rows with the same
+    ``cache_key`` are copied from it rather than computed (``meta.json`` records ``n_reused``).
 
     Only local paths are supported: memory-mapping needs a real file.
 
@@ -528,13 +567,24 @@ class VolumeStoreDataset(AbstractDataset[VolumeStore | LazyVolumeStore, VolumeSt
         tmp = Path(tempfile.mkdtemp(prefix=f"{final.name}.tmp-", dir=final.parent))
         try:
             if isinstance(data, LazyVolumeStore):
-                _write_lazy(data, tmp, display=str(final))
+                _write_lazy(data, tmp, display=str(final), previous=self._previous_store())
             else:
                 _write_eager(data, tmp, display=str(final))
             atomic_replace_dir(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+    def _previous_store(self) -> VolumeStore | None:
+        """The complete store now at ``filepath`` (the cache of a lazy save), or None."""
+        if not self._exists():
+            return None
+        try:
+            return VolumeStoreDataset(filepath=str(self._filepath), mmap_mode="r").load()
+        except DatasetError as exc:
+            logger.warning("Volume store '%s' cannot be reused as a cache (%s); computing every volume.",
+                           self._filepath, exc)
+            return None
 
     def _warn_about_leftovers(self) -> None:
         parent, name = self._filepath.parent, self._filepath.name
@@ -568,28 +618,41 @@ class _RowSpec(NamedTuple):
     with_labels: bool
 
 
+class _RowFile:
+    """A ``.npy`` file of shape ``(n, *row_shape)`` written one row at a time with plain file
+    I/O: unlike writing through a memory map, the rows written do not stay resident in this
+    process, so the memory of a save does not grow with the cohort."""
+
+    def __init__(self, path: Path, dtype: Any, shape: tuple[int, ...]) -> None:
+        # open_memmap writes a standard .npy header and sizes the file (sparse: all zeros,
+        # which is what failed rows keep); np.load(mmap_mode="r") reads it back.
+        header = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+        self.offset, self.dtype, self.row_shape = int(header.offset), np.dtype(dtype), tuple(shape[1:])
+        del header
+        self.row_bytes = int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
+        self.handle = open(path, "r+b")  # noqa: SIM115 - closed by close()
+
+    def __setitem__(self, key: int | tuple[int, ...], value: Any) -> None:
+        """``file[i] = row`` (or ``file[i, 0] = label`` for a one-channel row); scalars broadcast."""
+        i = int(key[0] if isinstance(key, tuple) else key)
+        row = np.ascontiguousarray(np.broadcast_to(np.asarray(value, dtype=self.dtype), self.row_shape))
+        self.handle.seek(self.offset + i * self.row_bytes)
+        self.handle.write(row.data)
+
+    def close(self) -> None:
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        self.handle.close()
+
+
 class _StoreFiles:
     """The open output arrays of a store being written into ``folder``."""
 
     def __init__(self, folder: Path, n: int, spec: _RowSpec) -> None:
         self.folder = folder
-        # open_memmap writes a standard .npy header, so np.load(mmap_mode="r") reads it back;
-        # the file starts sparse (all zeros), which is what failed rows keep.
-        self.images = np.lib.format.open_memmap(
-            folder / "images.npy",
-            mode="w+",
-            dtype=spec.dtype,
-            shape=(n, spec.n_channels, *spec.grid_shape),
-        )
-        self.labels = (
-            np.lib.format.open_memmap(
-                folder / "labels.npy",
-                mode="w+",
-                dtype=LABEL_DTYPE,
-                shape=(n, 1, *spec.grid_shape),
-            )
-            if spec.with_labels
-            else None
+        self.images: _RowFile | None = _RowFile(folder / "images.npy", spec.dtype, (n, spec.n_channels, *spec.grid_shape))
+        self.labels: _RowFile | None = (
+            _RowFile(folder / "labels.npy", LABEL_DTYPE, (n, 1, *spec.grid_shape)) if spec.with_labels else None
         )
         # Failed rows keep NaN so any use of their geometry fails loudly instead of silently
         # pretending a 1 mm identity grid.
@@ -599,11 +662,10 @@ class _StoreFiles:
         self, index: pd.DataFrame, header: dict[str, Any], user_meta: dict[str, Any]
     ) -> None:
         """Flush arrays, write affines and index, and mark the folder complete, in that order."""
-        for name, arr in (("images.npy", self.images), ("labels.npy", self.labels)):
-            if arr is not None:
-                arr.flush()
-                fsync_path(self.folder / name)
-        self.images = self.labels = None  # type: ignore[assignment]  # close the maps
+        for rows in (self.images, self.labels):
+            if rows is not None:
+                rows.close()  # flushed and fsynced
+        self.images = self.labels = None
         with open(self.folder / "affines.npy", "wb") as f:
             np.save(f, self.affines)
         index.to_csv(self.folder / "index.csv", index=False)
@@ -641,17 +703,29 @@ def _write_eager(store: VolumeStore, folder: Path, display: str) -> None:
     files = _StoreFiles(folder, n, spec)
     for i in range(n):
         # One volume at a time: the source may itself be a memmap larger than RAM.
-        files.images[i] = store.images[i]
+        files.images[i] = read_row(store.images, i)
         if store.labels is not None:
             try:
-                files.labels[i, 0] = _as_int16_label(store.labels[i, 0])
+                files.labels[i, 0] = _as_int16_label(read_row(store.labels, i)[0])
             except (TypeError, ValueError) as exc:
                 raise DatasetError(f"Volume store '{display}', volume {i}: {exc}") from exc
     files.affines[:] = store.affines
     files.finish(store.index, {**header, "n_failed": 0}, store.meta)
 
 
-def _write_lazy(lazy: LazyVolumeStore, folder: Path, display: str) -> None:
+def _reusable_rows(lazy: LazyVolumeStore, spec: _RowSpec, previous: VolumeStore | None) -> dict[int, int]:
+    """``{row of lazy: row of previous}`` for the rows whose ``cache_key`` the previous store
+    holds, when both stores have the same channels, grid, dtype and label maps."""
+    if previous is None or CACHE_KEY not in lazy.index or CACHE_KEY not in previous.index:
+        return {}
+    same_spec = (previous.n_channels, previous.grid_shape, str(previous.images.dtype), previous.labels is not None)
+    if same_spec != tuple(spec):
+        return {}
+    old_rows = {str(k): int(r) for k, r in zip(previous.index[CACHE_KEY], previous.index["row"]) if str(k)}
+    return {i: old_rows[str(k)] for i, k in enumerate(lazy.index[CACHE_KEY]) if str(k) in old_rows}
+
+
+def _write_lazy(lazy: LazyVolumeStore, folder: Path, display: str, previous: VolumeStore | None = None) -> None:
     n = len(lazy)
     spec = _RowSpec(lazy.n_channels, lazy.grid_shape, lazy.dtype, lazy.with_labels)
     header = _header(n, spec)
@@ -661,14 +735,29 @@ def _write_lazy(lazy: LazyVolumeStore, folder: Path, display: str) -> None:
     has_label = np.zeros(n, dtype=bool)
     errors = [""] * n
 
+    reused = _reusable_rows(lazy, spec, previous)
+    if reused:
+        assert previous is not None
+        old_index = previous.index
+        for i, j in reused.items():  # one volume at a time: flat memory
+            files.images[i] = read_row(previous.images, j)  # type: ignore[index]
+            files.affines[i] = previous.affines[j]
+            if files.labels is not None:
+                files.labels[i] = read_row(previous.labels, j)  # type: ignore[index,arg-type]
+            ok[i] = bool(old_index["preprocess_ok"].iloc[j]) if "preprocess_ok" in old_index else True
+            errors[i] = str(old_index["preprocess_error"].iloc[j]) if "preprocess_error" in old_index else ""
+            has_label[i] = bool(old_index["has_label"].iloc[j]) if "has_label" in old_index else files.labels is not None
+        logger.info("Volume store '%s': %d of %d volumes reused from the previous store (same input files and "
+                    "parameters), %d to compute.", display, len(reused), n, n - len(reused))
+    todo = [i for i in range(n) if i not in reused]
     rows = (
-        _iter_rows_parallel(lazy.compute, n, spec, lazy.n_workers)
-        if lazy.n_workers > 1 and n > 1
-        else _iter_rows_serial(lazy.compute, n, spec)
+        _iter_rows_parallel(lazy.compute, todo, spec, lazy.n_workers)
+        if lazy.n_workers > 1 and len(todo) > 1
+        else _iter_rows_serial(lazy.compute, todo, spec)
     )
     # closing(): if writing a row fails, shut the worker pool down now, not at garbage collection.
     with closing(rows), tqdm(
-        total=n, desc=f"Writing {Path(display).name}", unit="vol", disable=not lazy.progress
+        total=len(todo), desc=f"Writing {Path(display).name}", unit="vol", disable=not lazy.progress or not todo
     ) as bar:
         for i, result in rows:
             label = None
@@ -703,8 +792,9 @@ def _write_lazy(lazy: LazyVolumeStore, folder: Path, display: str) -> None:
             failed[0],
             errors[failed[0]],
         )
-    files.finish(index, {**header, "n_failed": n_failed}, lazy.meta)
-    logger.info("Wrote volume store '%s': %d volumes, %d failed.", display, n, n_failed)
+    files.finish(index, {**header, "n_failed": n_failed, "n_reused": len(reused)}, lazy.meta)
+    logger.info("Wrote volume store '%s': %d volumes (%d computed, %d reused), %d failed.", display, n,
+                len(todo), len(reused), n_failed)
 
 
 _Row = tuple[np.ndarray, np.ndarray, np.ndarray | None]
@@ -746,9 +836,9 @@ def _compute_checked(
 
 
 def _iter_rows_serial(
-    compute: Callable[[int], PreprocessedVolume], n: int, spec: _RowSpec
+    compute: Callable[[int], PreprocessedVolume], rows: list[int], spec: _RowSpec
 ) -> Iterator[tuple[int, _Row | Exception]]:
-    for i in range(n):
+    for i in rows:
         try:
             result: _Row | Exception = _compute_checked(compute, spec, i)
         except Exception as exc:  # noqa: BLE001  # a bad scan is recorded, not fatal
@@ -767,9 +857,9 @@ def _compute_forked(token: str, spec: _RowSpec, i: int) -> _Row:
 
 
 def _iter_rows_parallel(
-    compute: Callable[[int], PreprocessedVolume], n: int, spec: _RowSpec, n_workers: int
+    compute: Callable[[int], PreprocessedVolume], rows: list[int], spec: _RowSpec, n_workers: int
 ) -> Iterator[tuple[int, _Row | Exception]]:
-    """Yield ``(i, result)`` as rows finish, with at most ``2 * n_workers`` rows in flight."""
+    """Yield ``(i, result)`` for ``i`` in ``rows`` as they finish, at most ``2 * n_workers`` in flight."""
     token = uuid.uuid4().hex
     if "fork" in mp.get_all_start_methods():
         _FORKED_COMPUTES[token] = compute
@@ -790,11 +880,15 @@ def _iter_rows_parallel(
     pool = ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx)
     try:
         pending: dict[Future, int] = {}
-        next_i = 0
-        while pending or next_i < n:
-            while next_i < n and len(pending) < max_in_flight:
-                pending[pool.submit(task, next_i)] = next_i
-                next_i += 1
+        queue = iter(rows)
+        more = True
+        while pending or more:
+            while more and len(pending) < max_in_flight:
+                i = next(queue, None)
+                if i is None:
+                    more = False
+                    break
+                pending[pool.submit(task, i)] = i
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in sorted(done, key=pending.__getitem__):
                 i = pending.pop(fut)

@@ -28,7 +28,7 @@ from neurokedro.imaging.intensity import intensity_statistics
 from neurokedro.imaging.preprocess import DEFAULTS as PREPROCESSING_DEFAULTS
 from neurokedro.imaging.preprocess import preprocess_scan
 from neurokedro.imaging.tissue import resample_tissue_classes
-from neurokedro.io.volume_store import LazyVolumeStore, PreprocessedVolume, VolumeStore
+from neurokedro.io.volume_store import CACHE_KEY, LazyVolumeStore, PreprocessedVolume, VolumeStore
 
 logger = logging.getLogger(__name__)
 
@@ -302,9 +302,10 @@ def preprocess_scans(cohort_table: pd.DataFrame, preprocessing: Mapping[str, Any
     labels = [None if _is_blank(v) else str(v) for v in index["label_path"]]
     lookups = [None if _is_blank(v) else str(v) for v in index.get("label_lookup", pd.Series(None, index=index.index))]
     compute_params = {k: p[k] for k in PREPROCESSING_DEFAULTS}
+    index[CACHE_KEY] = scan_cache_keys(index, compute_params)
     meta = {
         "preprocessing": compute_params,
-        "fingerprint": _fingerprint(index, compute_params),
+        "fingerprint": hashlib.sha256("".join(index[CACHE_KEY]).encode()).hexdigest(),
         "synthetic": bool(index.get("synthetic", pd.Series([False])).any()),
     }
     return LazyVolumeStore(
@@ -319,13 +320,49 @@ def preprocess_scans(cohort_table: pd.DataFrame, preprocessing: Mapping[str, Any
     )
 
 
-def _fingerprint(index: pd.DataFrame, params: Mapping[str, Any]) -> str:
-    digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
-    for path in list(index["image_path"]) + list(index["label_path"]):
-        if not _is_blank(path) and Path(str(path)).is_file():
-            stat = Path(str(path)).stat()
-            digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()
+#: Bump when a change to the preprocessing code changes its output, so cached volumes are recomputed.
+PREPROCESSING_CODE_VERSION = 1
+
+
+def _file_digest(path: Any, digests: dict[str, str]) -> str:
+    """SHA-256 of a file's bytes ("" for no file, "missing" for a path that is not a file),
+    memoised in ``digests`` by path (a label lookup table is shared by every row)."""
+    if _is_blank(path):
+        return ""
+    key = str(path)
+    if key not in digests:
+        try:
+            digest = hashlib.sha256()
+            with open(key, "rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(chunk)
+            digests[key] = digest.hexdigest()
+        except OSError:
+            digests[key] = "missing"
+    return digests[key]
+
+
+def scan_cache_keys(index: pd.DataFrame, params: Mapping[str, Any]) -> list[str]:
+    """Content address of each scan's preprocessed volume: a SHA-256 of the bytes of its image,
+    label map and label lookup table, of the preprocessing parameters and of
+    :data:`PREPROCESSING_CODE_VERSION`. Renaming, copying or touching a file keeps its key;
+    any change to its content, or to a parameter, gives a new one.
+
+    Args:
+        index: the rows to preprocess (``image_path``, ``label_path``, optional ``label_lookup``).
+        params: the preprocessing parameters that determine the output.
+
+    Returns:
+        One 64-character hex key per row, in order.
+    """
+    settings = json.dumps({"params": params, "code": PREPROCESSING_CODE_VERSION}, sort_keys=True, default=str)
+    digests: dict[str, str] = {}
+    lookups = index["label_lookup"] if "label_lookup" in index else pd.Series(None, index=index.index)
+    keys = []
+    for image, label, lookup in zip(index["image_path"], index["label_path"], lookups):
+        parts = [settings] + [_file_digest(p, digests) for p in (image, label, lookup)]
+        keys.append(hashlib.sha256("\n".join(parts).encode()).hexdigest())
+    return keys
 
 
 def split_by_subject(volume_store: VolumeStore, split: Mapping[str, Any]) -> pd.DataFrame:
