@@ -84,6 +84,7 @@ def test_augmentation_changes_training_samples_only_and_keeps_shape():
     x, y = plain[0]
     xa, ya = augmented[0]
     assert x.shape == xa.shape == (1, 8, 8, 8) and xa.dtype == torch.float32
+    assert type(xa) is torch.Tensor  # not a MONAI MetaTensor, whose every op is slower
     assert torch.equal(x, torch.from_numpy(images[0])) and not torch.equal(x, xa)
     assert y.item() == ya.item() == pytest.approx(ages[0])
     assert build_augmentation({"enabled": False}) is None

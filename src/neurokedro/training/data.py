@@ -8,7 +8,10 @@ from typing import Any
 import numpy as np
 import torch
 from monai import transforms as mt
-from torch.utils.data import Dataset, Sampler
+from monai.data import MetaTensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from neurokedro.io.volume_store import read_row
 
 # Independent random streams derived from one seed (see :func:`derived_seed`).
 SHUFFLE_STREAM, EPOCH_STREAM, AUGMENT_STREAM = 1, 2, 3
@@ -30,6 +33,12 @@ class EpochSampler(Sampler[tuple[int, int]]):
     ``derived_seed(seed, SHUFFLE_STREAM, epoch)``, never from the global torch RNG. Epoch e
     therefore gives the same batches whether or not the process was restarted before it.
 
+    Distributed data parallel training: inside an initialised ``torch.distributed`` process
+    group of W processes (Lightning's DDP strategies), rank r takes positions ``r, r + W, ...``
+    of the epoch's order, truncated to a multiple of W. The ranks' samples are therefore
+    disjoint, every rank runs the same number of steps, and the W shards of an epoch together
+    are the single-process epoch less at most W - 1 samples (different ones each epoch).
+
     Args:
         n: number of samples.
         seed: the run's seed.
@@ -44,8 +53,15 @@ class EpochSampler(Sampler[tuple[int, int]]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    @staticmethod
+    def _rank_and_world() -> tuple[int, int]:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
     def __len__(self) -> int:
-        return self.n
+        _, world = self._rank_and_world()
+        return self.n // world if world > 1 else self.n
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         epoch = self.epoch  # read when the pass starts, not when the DataLoader iterator is made
@@ -55,8 +71,39 @@ class EpochSampler(Sampler[tuple[int, int]]):
             order = torch.randperm(self.n, generator=generator).tolist()
         else:
             order = list(range(self.n))
+        rank, world = self._rank_and_world()
+        if world > 1:
+            order = order[: len(order) - len(order) % world][rank::world]
         for i in order:
             yield i, epoch
+
+
+class SeededDataLoader(DataLoader):
+    """A ``DataLoader`` with a ``torch.Generator`` of its own, seeded with ``seed``.
+
+    The generator draws only the DataLoader's base seed for worker processes, so data loading
+    never consumes the global torch RNG that dropout draws from. Pickled (e.g. into the processes
+    of Lightning's ``ddp_spawn`` strategy), the loader carries its seed and recreates the
+    generator in its initial state, rather than a generator state that torch would send as a
+    shared-memory file descriptor.
+
+    Args:
+        *args, **kwargs: as for ``torch.utils.data.DataLoader`` (but ``generator``).
+        seed: the generator's seed.
+    """
+
+    def __init__(self, *args: Any, seed: int, **kwargs: Any) -> None:
+        super().__init__(*args, generator=torch.Generator().manual_seed(int(seed)), **kwargs)
+        self.seed = int(seed)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["generator"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.__dict__["generator"] = torch.Generator().manual_seed(self.seed)
 
 
 def build_augmentation(params: Mapping[str, Any] | None, voxelwise: str | None = None) -> mt.Compose | None:
@@ -108,11 +155,22 @@ def build_augmentation(params: Mapping[str, Any] | None, voxelwise: str | None =
     return mt.Compose(steps) if steps else None
 
 
+def _plain_tensor(x: Any, dtype: torch.dtype) -> torch.Tensor:
+    """A MONAI transform's output as a plain ``torch.Tensor``: a ``MetaTensor`` batch would send
+    every operation of the forward and backward passes through its ``__torch_function__``."""
+    if isinstance(x, MetaTensor):
+        x = x.as_tensor()
+    return torch.as_tensor(x, dtype=dtype)
+
+
 class VolumeDataset(Dataset):
     """Samples ``(image, target)`` read from the volume store's memory-mapped array.
 
-    The memory map is (re)opened lazily in each DataLoader worker, so workers share the page
-    cache instead of each receiving a pickled copy of the cohort.
+    The memory map is (re)opened lazily in each DataLoader worker (or DDP process), so workers
+    share the page cache instead of each receiving a pickled copy of the cohort; each sample is
+    read with :func:`~neurokedro.io.volume_store.read_row`, so resident memory does not grow
+    with the number of volumes read. Samples are plain ``torch.Tensor`` (never MONAI
+    ``MetaTensor``).
 
     Args:
         images: the store's ``(N, C, D, H, W)`` array (a ``np.memmap`` when loaded from disk, or
@@ -185,19 +243,19 @@ class VolumeDataset(Dataset):
         i, epoch = (int(key[0]), int(key[1])) if isinstance(key, tuple) else (int(key), None)
         if self.augment is not None and self.seed is not None and epoch is not None:
             self.augment.set_random_state(seed=derived_seed(self.seed, AUGMENT_STREAM, epoch, i))
-        image = torch.from_numpy(np.array(self.images[self.rows[i]], dtype=np.float32))
+        image = torch.from_numpy(read_row(self.images, self.rows[i]).astype(np.float32, copy=False))
         if self.voxelwise is None:
             if self.augment is not None:
-                image = torch.as_tensor(self.augment(image), dtype=torch.float32)
+                image = _plain_tensor(self.augment(image), torch.float32)
             return image, torch.tensor([self.targets[i]], dtype=torch.float32)
         if self.voxelwise == "label_map":
-            target = torch.from_numpy(np.array(self.labels[self.rows[i]], dtype=np.int64))
+            target = torch.from_numpy(read_row(self.labels, self.rows[i]).astype(np.int64))
         else:
             target = image.clone()
         if self.augment is not None:
             sample = self.augment({"image": image, "target": target})
-            image = torch.as_tensor(sample["image"], dtype=torch.float32)
-            target = torch.as_tensor(sample["target"], dtype=target.dtype)
+            image = _plain_tensor(sample["image"], torch.float32)
+            target = _plain_tensor(sample["target"], target.dtype)
         return image, target
 
     def __getstate__(self) -> dict[str, Any]:

@@ -19,9 +19,10 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, Stochast
 from torch import nn
 from torch.utils.data import DataLoader
 
+from neurokedro.io.volume_store import read_row
 from neurokedro.tasks.base import Task
 from neurokedro.training.callbacks import AtomicCheckpointIO, EpochSeed, MetricHistory, RunState, atomic_torch_save
-from neurokedro.training.data import EpochSampler, VolumeDataset, build_augmentation
+from neurokedro.training.data import EpochSampler, SeededDataLoader, VolumeDataset, build_augmentation
 from neurokedro.training.module import TaskModule, soft_vote
 
 logger = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ def run_fingerprint(
                 continue
             h.update(f"{array.shape}{array.dtype}".encode())
             for row in rows:
-                h.update(np.ascontiguousarray(array[row]).data)
+                h.update(read_row(array, row).data)
     weights = hashlib.sha256(f"{type(net).__module__}.{type(net).__qualname__}\n{net!r}".encode())
     for key, tensor in net.state_dict().items():
         t = tensor.detach().cpu().contiguous()
@@ -204,7 +205,9 @@ def fit(
         params: the ``training`` parameters (see ``conf/base/parameters_<task>.yml``): ``seed``,
             ``max_epochs``, ``batch_size``, ``num_workers``, ``precision``,
             ``gradient_clip_val``, ``early_stopping``, ``optimiser``, ``augmentation``,
-            ``checkpoint_dir``, ``resume``, ``accelerator``, ``devices``, ``deterministic``,
+            ``checkpoint_dir``, ``resume``, ``accelerator``, ``devices``, ``num_nodes``,
+            ``strategy`` (Lightning's: ``auto``, or ``ddp_spawn`` for data-parallel training in
+            ``devices`` processes launched from this one; see README), ``deterministic``,
             ``channels_last``, ``swa`` (``enabled``, ``lr``, ``epoch_start``, ``annealing_epochs``).
         mlflow_prefix: prefix of the per-epoch metric names logged to MLflow.
         labels: the store's ``(N, 1, D, H, W)`` label maps, the targets of a ``label_map`` task
@@ -245,18 +248,18 @@ def fit(
     loader_args = {"num_workers": workers, "persistent_workers": workers > 0}
     dense = {"voxelwise": voxelwise, "labels": labels}
     sampler = EpochSampler(len(train_rows), seed)
-    train_loader = DataLoader(
+    train_loader = SeededDataLoader(
         VolumeDataset(images, train_rows, scaled(train_targets), build_augmentation(params.get("augmentation"), voxelwise),
                       seed=seed, **dense),
         batch_size=batch_size,
         sampler=sampler,
         drop_last=len(train_rows) > batch_size,
-        generator=torch.Generator().manual_seed(seed),
+        seed=seed,
         **loader_args,
     )
-    val_loader = DataLoader(
+    val_loader = SeededDataLoader(
         VolumeDataset(images, val_rows, scaled(val_targets), **dense), batch_size=batch_size, shuffle=False,
-        generator=torch.Generator().manual_seed(seed), **loader_args,
+        seed=seed, **loader_args,
     )
     max_epochs = int(params.get("max_epochs", 30))
     module = TaskModule(
@@ -313,6 +316,11 @@ def fit(
             max_epochs=max_epochs,
             accelerator=params.get("accelerator", "auto"),
             devices=params.get("devices", "auto"),
+            num_nodes=int(params.get("num_nodes", 1)),
+            strategy=params.get("strategy", "auto"),
+            # EpochSampler shards the training set over DDP ranks itself; every rank validates on
+            # the whole validation set, so early stopping and checkpoints decide alike everywhere.
+            use_distributed_sampler=False,
             precision=params.get("precision", "32-true"),
             gradient_clip_val=params.get("gradient_clip_val", 1.0),
             callbacks=callbacks,
@@ -334,6 +342,8 @@ def fit(
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*exists and is not empty")  # our own files
             trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=False)
+        if not history.rows and (checkpoint_dir / LAST).is_file():
+            _recover_history(history, checkpoint_dir / LAST)
         best = checkpoint.best_model_path
         if swa.get("enabled", False):
             logger.info("Using the SWA-averaged weights (best single %s was %.4g)", monitor,
@@ -341,13 +351,26 @@ def fit(
         elif best:
             state_dict = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
             module.load_state_dict(state_dict)
-            logger.info("Best %s = %.4g (checkpoint %s)", monitor, float(checkpoint.best_model_score), best)
+            score = checkpoint.best_model_score  # not sent back by spawned DDP processes
+            logger.info("Best %s = %.4g (checkpoint %s)", monitor, float("nan") if score is None else float(score), best)
         if fingerprint is not None:
             atomic_torch_save({"fingerprint": fingerprint["digest"], "parts": fingerprint["parts"],
                                "model": {k: v.detach().cpu() for k, v in module.model.state_dict().items()},
                                "history": history.state_dict()}, checkpoint_dir / FINAL)
     model: nn.Module = module.model.cpu().to(memory_format=torch.contiguous_format).eval()
     return model, history.to_frame()
+
+
+def _recover_history(history: MetricHistory, last_checkpoint: Path) -> None:
+    """Fill ``history`` from the callback states in ``last_checkpoint`` and log it to MLflow.
+
+    A spawn-based DDP strategy (``ddp_spawn``) trains in child processes: the model's weights and
+    the best checkpoint's path come back to this process, the history callback's rows do not,
+    and the children have no MLflow run. The last checkpoint holds the rows of every epoch."""
+    state = (_load(last_checkpoint) or {}).get("callbacks", {}).get(history.state_key)
+    if state:
+        history.load_state_dict(state)
+        history.log_all()
 
 
 @torch.no_grad()
