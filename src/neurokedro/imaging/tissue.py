@@ -25,13 +25,14 @@ any other code, and 0                          background (0)
 from __future__ import annotations
 
 import csv
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from neurokedro.imaging.spatial import resample_to_grid
+from neurokedro.imaging.spatial import reorient_to_ras, resample_to_grid
 
 #: Class index -> name of the tissue classes, in label-map order.
 TISSUE_CLASSES: dict[int, str] = {0: "background", 1: "CSF", 2: "GM", 3: "WM"}
@@ -152,7 +153,12 @@ def resample_tissue_classes(
     Returns:
         int16 ``(D, H, W)`` classes of :data:`TISSUE_CLASSES`.
     """
+    # On the RAS axes of the target grid first (flips and permutations only): scipy then takes
+    # its separable zoom/shift path rather than a general transform, about 3x faster.
+    label = reorient_to_ras(label)
     tissue = tissue_classes_from_labels(np.asanyarray(label.dataobj), lookup_table)
     onehot = np.stack([(tissue == k) for k in TISSUE_CLASSES], axis=-1).astype(np.float32)
-    fractions = resample_to_grid(nib.Nifti1Image(onehot, label.affine), affine, shape, "linear").get_fdata(dtype=np.float32)
-    return fractions.argmax(axis=-1).astype(np.int16)
+    with warnings.catch_warnings():  # linear interpolation of class indicators is the point here
+        warnings.filterwarnings("ignore", message="Resampling binary images")
+        fractions = resample_to_grid(nib.Nifti1Image(onehot, label.affine), affine, shape, "linear")
+    return fractions.get_fdata(dtype=np.float32).argmax(axis=-1).astype(np.int16)
