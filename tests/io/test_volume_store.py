@@ -681,16 +681,28 @@ def test_unchanged_rows_are_copied_from_the_previous_store_not_recomputed(tmp_pa
     expected_images, expected_labels = np.array(before.images), np.array(before.labels)
     expected_index = before.index.copy()
 
+    # The same rows in the same order: the store is up to date and left untouched.
+    digest = folder_digest(path)
     second = Calls(tmp_path / "second")
     with caplog.at_level(logging.INFO, logger="neurokedro.io.volume_store"):
         ds.save(counting_lazy_store(keys, second, fail={4}))
-    assert second.rows() == []  # nothing recomputed, the failure included
+    assert second.rows() == [] and "is up to date" in caplog.text
+    assert folder_digest(path) == digest
+
+    # One more column in the index (a new label): every volume is copied, none computed.
+    third = Calls(tmp_path / "third")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="neurokedro.io.volume_store"):
+        lazy = counting_lazy_store(keys, third, fail={4})
+        lazy.index["handedness"] = "R"
+        ds.save(lazy)
+    assert third.rows() == []  # nothing recomputed, the failure included
     assert "6 of 6 volumes reused" in caplog.text
     after = ds.load()
     np.testing.assert_array_equal(after.images, expected_images)
     np.testing.assert_array_equal(after.labels, expected_labels)
     np.testing.assert_array_equal(after.affines, before.affines)
-    pd.testing.assert_frame_equal(after.index, expected_index)
+    pd.testing.assert_frame_equal(after.index.drop(columns="handedness"), expected_index)
     assert not after.index["preprocess_ok"].iloc[4] and "bad scan 4" in after.index["preprocess_error"].iloc[4]
     assert json.loads((path / "meta.json").read_text())["n_reused"] == 6
 

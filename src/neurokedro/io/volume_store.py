@@ -322,7 +322,9 @@ class LazyVolumeStore:
     row of the store being replaced is copied from it instead of computed, failures included,
     provided both stores have the same channels, grid, dtype and label maps. So re-running
     preprocessing on unchanged inputs computes nothing, and a cohort with one new or changed scan
-    computes that one. Rows without a key (or an empty one) are always computed.
+    computes that one. Rows without a key (or an empty one) are always computed. When nothing
+    at all differs (every row keyed and in place, the same index and metadata), the save leaves
+    the existing store untouched and writes nothing.
 
     Attributes:
         index: One row per volume to compute, in output order; ``compute(i)`` is called with the
@@ -564,10 +566,15 @@ class VolumeStoreDataset(AbstractDataset[VolumeStore | LazyVolumeStore, VolumeSt
         final = self._filepath
         final.parent.mkdir(parents=True, exist_ok=True)
         self._warn_about_leftovers()
+        previous = self._previous_store() if isinstance(data, LazyVolumeStore) else None
+        if previous is not None and _same_store(data, previous):  # type: ignore[arg-type]
+            logger.info("Volume store '%s' is up to date (the same scans, cache keys, index and metadata): "
+                        "kept as it is, nothing computed or written.", final)
+            return
         tmp = Path(tempfile.mkdtemp(prefix=f"{final.name}.tmp-", dir=final.parent))
         try:
             if isinstance(data, LazyVolumeStore):
-                _write_lazy(data, tmp, display=str(final), previous=self._previous_store())
+                _write_lazy(data, tmp, display=str(final), previous=previous)
             else:
                 _write_eager(data, tmp, display=str(final))
             atomic_replace_dir(tmp, final)
@@ -711,6 +718,32 @@ def _write_eager(store: VolumeStore, folder: Path, display: str) -> None:
                 raise DatasetError(f"Volume store '{display}', volume {i}: {exc}") from exc
     files.affines[:] = store.affines
     files.finish(store.index, {**header, "n_failed": 0}, store.meta)
+
+
+#: Index columns a lazy save adds (the results of computing the rows).
+_RESULT_COLUMNS = ("preprocess_ok", "preprocess_error", "has_label")
+
+
+def _same_store(lazy: LazyVolumeStore, previous: VolumeStore) -> bool:
+    """Whether saving ``lazy`` would rewrite ``previous`` as it is: every row keyed and at the
+    same position with the same key, the same spec, index columns and metadata."""
+    if len(lazy) != len(previous) or CACHE_KEY not in lazy.index or CACHE_KEY not in previous.index:
+        return False
+    keys = lazy.index[CACHE_KEY].astype(str)
+    if (keys == "").any() or not keys.equals(previous.index[CACHE_KEY].astype(str)):
+        return False
+    spec = (lazy.n_channels, lazy.grid_shape, lazy.dtype, lazy.with_labels)
+    if spec != (previous.n_channels, previous.grid_shape, str(previous.images.dtype), previous.labels is not None):
+        return False
+    columns = [c for c in previous.index.columns if c not in _RESULT_COLUMNS]
+    if sorted(columns) != sorted(map(str, lazy.index.columns)):
+        return False
+    # Compared as text as index.csv stores it, so a round trip through the CSV is not a change.
+    new, old = (frame[columns].astype(str).replace({"None": "", "nan": "", "<NA>": ""}).reset_index(drop=True)
+                for frame in (lazy.index, previous.index))
+    same_meta = json.dumps(lazy.meta, sort_keys=True, default=_json_default) == json.dumps(
+        previous.meta, sort_keys=True, default=_json_default)
+    return bool(new.equals(old)) and same_meta
 
 
 def _reusable_rows(lazy: LazyVolumeStore, spec: _RowSpec, previous: VolumeStore | None) -> dict[int, int]:
