@@ -666,7 +666,7 @@ def counting_lazy_store(keys: list[str], calls: Calls, fail: set[int] = frozense
             raise ValueError(f"bad scan {i}")
         return volume(i)
 
-    index = cohort_index(len(keys)).assign(cache_key=keys)
+    index = cohort_index(len(keys)).assign(cache_key=keys, label_path=[None] + ["seg.nii.gz"] * (len(keys) - 1))
     return lazy_store(n=len(keys), index=index, compute=compute, **kwargs)
 
 

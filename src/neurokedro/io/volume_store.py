@@ -739,7 +739,8 @@ def _same_store(lazy: LazyVolumeStore, previous: VolumeStore) -> bool:
     if sorted(columns) != sorted(map(str, lazy.index.columns)):
         return False
     # Compared as text as index.csv stores it, so a round trip through the CSV is not a change.
-    new, old = (frame[columns].astype(str).replace({"None": "", "nan": "", "<NA>": ""}).reset_index(drop=True)
+    new, old = (frame[columns].astype(object).where(frame[columns].notna(), "").astype(str)
+                .replace({"None": "", "nan": "", "<NA>": ""}).reset_index(drop=True)
                 for frame in (lazy.index, previous.index))
     same_meta = json.dumps(lazy.meta, sort_keys=True, default=_json_default) == json.dumps(
         previous.meta, sort_keys=True, default=_json_default)
