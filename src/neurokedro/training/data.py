@@ -106,6 +106,25 @@ class SeededDataLoader(DataLoader):
         self.__dict__["generator"] = torch.Generator().manual_seed(self.seed)
 
 
+class Float32GaussianNoise(mt.RandGaussianNoise):
+    """MONAI's ``RandGaussianNoise``, drawing float32 noise with torch.
+
+    MONAI draws float64 noise with NumPy's legacy ``RandomState`` and casts it: about 6 ms for a
+    64³ volume, a tenth of a fast network's training step per sample. Here the noise is drawn
+    from a torch generator seeded by the transform's own random state (so
+    ``set_random_state`` still makes it reproducible): about 4x faster, same distribution.
+    """
+
+    def randomize(self, img: Any, mean: float | None = None) -> None:
+        mt.RandomizableTransform.randomize(self, None)
+        if not self._do_transform:
+            return
+        std = self.R.uniform(0, self.std) if self.sample_std else self.std
+        generator = torch.Generator().manual_seed(int(self.R.randint(0, 2**31 - 1)))
+        noise = torch.randn(tuple(img.shape), generator=generator, dtype=torch.float32)
+        self.noise = noise.mul_(float(std)).add_(float(self.mean if mean is None else mean))
+
+
 def build_augmentation(params: Mapping[str, Any] | None, voxelwise: str | None = None) -> mt.Compose | None:
     """MONAI augmentation for training volumes ``(C, D, H, W)`` on a RAS grid.
 
@@ -150,8 +169,12 @@ def build_augmentation(params: Mapping[str, Any] | None, voxelwise: str | None =
                      else mt.RandScaleIntensity(factors=factors, prob=prob))
     if params.get("noise_prob", 0) > 0:
         std, prob = params.get("noise_std", 0.1), params["noise_prob"]
-        steps.append(mt.RandGaussianNoised("image", prob=prob, std=std) if voxelwise
-                     else mt.RandGaussianNoise(prob=prob, std=std))
+        if voxelwise:
+            noise = mt.RandGaussianNoised("image", prob=prob, std=std)
+            noise.rand_gaussian_noise = Float32GaussianNoise(prob=1.0, std=std)  # the dict transform decides prob
+            steps.append(noise)
+        else:
+            steps.append(Float32GaussianNoise(prob=prob, std=std))
     return mt.Compose(steps) if steps else None
 
 
