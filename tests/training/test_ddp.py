@@ -13,7 +13,7 @@ from torch import nn
 from neurokedro.tasks import get_task
 from neurokedro.training import fit as fit_module
 from neurokedro.training.data import EpochSampler, VolumeDataset
-from neurokedro.training.fit import fit
+from neurokedro.training.fit import fit, training_strategy
 
 
 class Tiny(nn.Module):
@@ -54,7 +54,7 @@ def test_ddp_ranks_train_on_disjoint_samples_and_the_model_is_saved_once(tmp_pat
     monkeypatch.setattr(fit_module, "VolumeDataset", RecordingDataset)
     params = {"max_epochs": 2, "batch_size": 3, "progress_bar": False, "augmentation": {"enabled": False},
               "early_stopping": {"enabled": False}, "optimiser": {"lr": 0.01},
-              "accelerator": "cpu", "devices": 2, "strategy": "ddp_spawn", "checkpoint_dir": str(tmp_path / "ckpt")}
+              "accelerator": "cpu", "devices": 2, "checkpoint_dir": str(tmp_path / "ckpt")}  # strategy auto -> ddp_spawn
     train, val = np.arange(n_train), np.arange(n_train, n_train + n_val)
 
     model, history = fit(Tiny(), get_task("age_regression"), images, train, ages[train], val, ages[val], params)
@@ -99,3 +99,17 @@ def test_epoch_sampler_shards_each_epoch_over_the_ranks(monkeypatch):
     assert len(single) == 11
     assert sorted(shards[0] + shards[1] + shards[2]) == sorted(order[:9])  # the same epoch, less 11 % 3 samples
     assert shards[1] == order[1:9:3]
+
+
+@pytest.mark.parametrize(("params", "expected"), [
+    ({}, "auto"),
+    ({"devices": 1}, "auto"),
+    ({"devices": "auto", "accelerator": "cpu"}, "auto"),
+    ({"devices": 2}, "ddp_spawn"),
+    ({"devices": [0, 1], "accelerator": "gpu"}, "ddp_spawn"),
+    ({"devices": 1, "num_nodes": 2}, "ddp_spawn"),
+    ({"devices": 4, "strategy": "ddp"}, "ddp_spawn"),  # never re-run the whole kedro run per process
+    ({"devices": 4, "strategy": "fsdp"}, "fsdp"),
+])
+def test_several_devices_train_in_processes_spawned_by_this_one(params, expected):
+    assert training_strategy(params) == expected

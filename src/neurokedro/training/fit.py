@@ -106,6 +106,32 @@ def run_fingerprint(
     return {"digest": _digest(*(f"{k}={v};" for k, v in sorted(parts.items()))), "parts": parts}
 
 
+def training_strategy(params: Mapping[str, Any]) -> str:
+    """Lightning's ``strategy`` for the ``training`` parameters (``strategy``, ``devices``, ``num_nodes``).
+
+    With several devices, Lightning's ``auto`` picks ``ddp``, which starts each extra process by
+    running this process's command line again: the whole ``kedro run``, every node and save of
+    it. So ``auto`` and ``ddp`` become ``ddp_spawn`` there, which starts the processes from this
+    one and returns the trained weights to it. Any other strategy is passed through.
+    """
+    strategy = str(params.get("strategy", "auto"))
+    if strategy not in ("auto", "ddp"):
+        return strategy
+    devices = params.get("devices", 1)
+    if isinstance(devices, (list, tuple)):
+        count = len(devices)
+    elif str(devices) in ("auto", "-1"):
+        count = torch.cuda.device_count() if str(params.get("accelerator", "auto")) in ("auto", "gpu", "cuda") else 1
+    else:
+        count = int(devices)
+    if count > 1 or int(params.get("num_nodes", 1)) > 1:
+        if strategy == "ddp":
+            logger.warning("training.strategy 'ddp' would run the whole `kedro run` again in every extra process; "
+                           "using 'ddp_spawn', which starts them from this one")
+        return "ddp_spawn"
+    return strategy
+
+
 def _load(path: Path) -> dict[str, Any] | None:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
@@ -206,8 +232,8 @@ def fit(
             ``max_epochs``, ``batch_size``, ``num_workers``, ``precision``,
             ``gradient_clip_val``, ``early_stopping``, ``optimiser``, ``augmentation``,
             ``checkpoint_dir``, ``resume``, ``accelerator``, ``devices``, ``num_nodes``,
-            ``strategy`` (Lightning's: ``auto``, or ``ddp_spawn`` for data-parallel training in
-            ``devices`` processes launched from this one; see README), ``deterministic``,
+            ``strategy`` (Lightning's; see :func:`training_strategy`: several devices train
+            data-parallel in processes launched from this one), ``deterministic``,
             ``channels_last``, ``swa`` (``enabled``, ``lr``, ``epoch_start``, ``annealing_epochs``).
         mlflow_prefix: prefix of the per-epoch metric names logged to MLflow.
         labels: the store's ``(N, 1, D, H, W)`` label maps, the targets of a ``label_map`` task
@@ -315,9 +341,9 @@ def fit(
         trainer = L.Trainer(
             max_epochs=max_epochs,
             accelerator=params.get("accelerator", "auto"),
-            devices=params.get("devices", "auto"),
+            devices=params.get("devices", 1),
             num_nodes=int(params.get("num_nodes", 1)),
-            strategy=params.get("strategy", "auto"),
+            strategy=training_strategy(params),
             # EpochSampler shards the training set over DDP ranks itself; every rank validates on
             # the whole validation set, so early stopping and checkpoints decide alike everywhere.
             use_distributed_sampler=False,
