@@ -29,6 +29,7 @@ def preprocess_scan(
     image: nib.spatialimages.SpatialImage,
     label: nib.spatialimages.SpatialImage | None,
     params: Mapping[str, Any] | None = None,
+    keep_label: bool = True,
 ) -> PreprocessedVolume:
     """Reorient, mask, crop, resample and normalise one T1-weighted scan.
 
@@ -43,6 +44,9 @@ def preprocess_scan(
         label: optional label map on the image's grid.
         params: overrides of :data:`DEFAULTS` (``mask``, ``grid_shape``, ``voxel_size_mm``,
             ``margin_mm``, ``interpolation``, ``normalisation``, ``clip``).
+        keep_label: resample the label map onto the grid and return it; False uses it for the
+            brain mask only (when the caller maps it to the grid another way, e.g.
+            :func:`~neurokedro.imaging.tissue.resample_tissue_classes`), saving a resampling.
 
     Returns:
         :class:`~neurokedro.io.volume_store.PreprocessedVolume`: image float32 ``(1, D, H, W)``,
@@ -66,6 +70,6 @@ def preprocess_scan(
     grid_mask = np.asarray(resample_to_grid(mask, affine, shape, "nearest").dataobj) > 0
     data = normalise_intensity(data, grid_mask, p["normalisation"], p["clip"])
     grid_label = None
-    if label is not None:
+    if label is not None and keep_label:
         grid_label = np.asarray(resample_to_grid(label, affine, shape, "nearest").dataobj).astype(np.int16)
     return PreprocessedVolume(image=data[None], affine=affine, label=grid_label)

@@ -157,8 +157,12 @@ def resample_tissue_classes(
     # its separable zoom/shift path rather than a general transform, about 3x faster.
     label = reorient_to_ras(label)
     tissue = tissue_classes_from_labels(np.asanyarray(label.dataobj), lookup_table)
-    onehot = np.stack([(tissue == k) for k in TISSUE_CLASSES], axis=-1).astype(np.float32)
+    # The tissue classes only: the background's fraction is what they leave (interpolation is
+    # linear, so the fractions sum to 1), one resampling fewer.
+    onehot = np.stack([(tissue == k) for k in sorted(TISSUE_CLASSES)[1:]], axis=-1).astype(np.float32)
     with warnings.catch_warnings():  # linear interpolation of class indicators is the point here
         warnings.filterwarnings("ignore", message="Resampling binary images")
         fractions = resample_to_grid(nib.Nifti1Image(onehot, label.affine), affine, shape, "linear")
-    return fractions.get_fdata(dtype=np.float32).argmax(axis=-1).astype(np.int16)
+    fractions = fractions.get_fdata(dtype=np.float32)
+    background = 1.0 - fractions.sum(axis=-1, keepdims=True)
+    return np.concatenate([background, fractions], axis=-1).argmax(axis=-1).astype(np.int16)

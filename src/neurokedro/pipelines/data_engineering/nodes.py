@@ -272,11 +272,12 @@ class ScanPreprocessor:
         image = nib.load(self.image_paths[i])
         label_path = self.label_paths[i]
         label = nib.load(label_path) if label_path else None
-        volume = preprocess_scan(image, label, self.params)
-        if volume.label is not None and self.label_lookups[i]:
+        lookup = self.label_lookups[i]
+        volume = preprocess_scan(image, label, self.params, keep_label=not lookup)
+        if label is not None and lookup:
             # Region codes (e.g. DLMUSE) -> tissue classes on the grid by partial volume; the
             # brain mask already came from the region codes.
-            volume.label = resample_tissue_classes(label, self.label_lookups[i], volume.affine, volume.label.shape)
+            volume.label = resample_tissue_classes(label, lookup, volume.affine, volume.image.shape[1:])
         return volume
 
 
