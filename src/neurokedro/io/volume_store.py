@@ -687,6 +687,14 @@ class _StoreFiles:
         _write_meta(self.folder / "meta.json", header)
 
 
+def _spec_of(store: VolumeStore | LazyVolumeStore) -> _RowSpec:
+    """Channels, grid, image dtype and whether there are label maps: what two stores must share
+    for rows to pass from one to the other."""
+    if isinstance(store, LazyVolumeStore):
+        return _RowSpec(store.n_channels, tuple(store.grid_shape), store.dtype, store.with_labels)
+    return _RowSpec(store.n_channels, store.grid_shape, str(store.images.dtype), store.labels is not None)
+
+
 def _header(n: int, spec: _RowSpec) -> dict[str, Any]:
     return {
         "format": FORMAT_NAME,
@@ -701,9 +709,7 @@ def _header(n: int, spec: _RowSpec) -> dict[str, Any]:
 
 def _write_eager(store: VolumeStore, folder: Path, display: str) -> None:
     n = len(store)
-    spec = _RowSpec(
-        store.n_channels, store.grid_shape, str(store.images.dtype), store.labels is not None
-    )
+    spec = _spec_of(store)
     header = _header(n, spec)
     # Written first (incomplete) so an unserialisable meta fails before any heavy I/O.
     _write_meta(folder / "meta.json", {**header, "meta": store.meta, "complete": False})
@@ -732,8 +738,7 @@ def _same_store(lazy: LazyVolumeStore, previous: VolumeStore) -> bool:
     keys = lazy.index[CACHE_KEY].astype(str)
     if (keys == "").any() or not keys.equals(previous.index[CACHE_KEY].astype(str)):
         return False
-    spec = (lazy.n_channels, lazy.grid_shape, lazy.dtype, lazy.with_labels)
-    if spec != (previous.n_channels, previous.grid_shape, str(previous.images.dtype), previous.labels is not None):
+    if _spec_of(lazy) != _spec_of(previous):
         return False
     columns = [c for c in previous.index.columns if c not in _RESULT_COLUMNS]
     if sorted(columns) != sorted(map(str, lazy.index.columns)):
@@ -752,8 +757,7 @@ def _reusable_rows(lazy: LazyVolumeStore, spec: _RowSpec, previous: VolumeStore 
     holds, when both stores have the same channels, grid, dtype and label maps."""
     if previous is None or CACHE_KEY not in lazy.index or CACHE_KEY not in previous.index:
         return {}
-    same_spec = (previous.n_channels, previous.grid_shape, str(previous.images.dtype), previous.labels is not None)
-    if same_spec != tuple(spec):
+    if _spec_of(previous) != spec:
         return {}
     old_rows = {str(k): int(r) for k, r in zip(previous.index[CACHE_KEY], previous.index["row"]) if str(k)}
     return {i: old_rows[str(k)] for i, k in enumerate(lazy.index[CACHE_KEY]) if str(k) in old_rows}
@@ -761,7 +765,7 @@ def _reusable_rows(lazy: LazyVolumeStore, spec: _RowSpec, previous: VolumeStore 
 
 def _write_lazy(lazy: LazyVolumeStore, folder: Path, display: str, previous: VolumeStore | None = None) -> None:
     n = len(lazy)
-    spec = _RowSpec(lazy.n_channels, lazy.grid_shape, lazy.dtype, lazy.with_labels)
+    spec = _spec_of(lazy)
     header = _header(n, spec)
     _write_meta(folder / "meta.json", {**header, "meta": lazy.meta, "complete": False})
     files = _StoreFiles(folder, n, spec)
