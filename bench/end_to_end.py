@@ -69,7 +69,7 @@ def kedro_run(work: Path, pipeline: str, env: str | None, overrides: list[str]) 
     Raises:
         SystemExit: if the run fails (its output's tail goes to stderr).
     """
-    overrides = [f"{pipeline}.training.progress_bar=false", *overrides]
+    overrides = [f"{pipeline.removesuffix('_search')}.training.progress_bar=false", *overrides]
     command = ["kedro", "run", "--pipeline", pipeline, "--params", ",".join(overrides)] + (["--env", env] if env else [])
     environment = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1", "NEUROKEDRO_IXI_DIR": str(ixi_dir())}
     start = time.perf_counter()

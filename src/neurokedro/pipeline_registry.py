@@ -5,7 +5,7 @@ from __future__ import annotations
 from kedro.pipeline import Pipeline
 
 from neurokedro import plugins
-from neurokedro.pipelines import data_engineering, modelling, predict, reporting
+from neurokedro.pipelines import data_engineering, modelling, predict, reporting, search
 
 
 def task_pipeline(task_name: str) -> Pipeline:
@@ -17,14 +17,20 @@ def task_pipeline(task_name: str) -> Pipeline:
     )
 
 
+def search_pipeline(task_name: str) -> Pipeline:
+    """The random hyperparameter search of one task: data engineering, then its search node."""
+    return data_engineering.create_pipeline() + search.create_pipeline(task_name=task_name)
+
+
 def register_pipelines() -> dict[str, Pipeline]:
-    """``data_engineering``, one pipeline per task in the ``neurokedro.tasks`` registry,
-    ``predict`` (trained models on new scans) and ``__default__`` (the first built-in task,
-    brain-age regression, when registered)."""
+    """``data_engineering``, one pipeline per task in the ``neurokedro.tasks`` registry and its
+    random search (``<task>_search``), ``predict`` (trained models on new scans) and
+    ``__default__`` (the first built-in task, brain-age regression, when registered)."""
     pipelines: dict[str, Pipeline] = {"data_engineering": data_engineering.create_pipeline(),
                                       "predict": predict.create_pipeline()}
     for name in plugins.names("tasks"):
         pipelines[name] = task_pipeline(name)
+        pipelines[name + search.SUFFIX] = search_pipeline(name)
     default = "age_regression" if "age_regression" in pipelines else next(iter(pipelines))
     pipelines["__default__"] = pipelines[default]
     return pipelines

@@ -6,6 +6,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 pytestmark = pytest.mark.slow
 
@@ -213,3 +214,36 @@ def test_kedro_viz_build_shows_the_task_namespace(kedro_project):
     # the autoencoder's model is a dataset feeding age_regression's training (encoder transfer)
     datasets = {n["name"] for n in pipeline["nodes"] if n["type"] == "data"}
     assert "autoencoder.model" in datasets
+
+
+def test_demo_random_search_nests_trials_and_its_best_run_config_trains(kedro_project):
+    common = {"cohort": {"demo": {"n_subjects": 12}}, "split": {"n_folds": 2}}
+    search = {"n_trials": 1, "budget": {"training.max_epochs": 1},
+              "space": {"training.optimiser.lr": {"type": "log_uniform", "low": 1.0e-4, "high": 1.0e-2}}}
+    root = kedro_project("age_regression_search",
+                         params={**common, "search": search, "age_regression": {"training": FAST_TRAINING}})
+    trials = pd.read_csv(root / "data/07_model_output/age_regression/search_trials.csv")
+    assert list(trials["trial"]) == ["default", "trial_000"] and (trials["status"] == "finished").all()
+    assert (root / "data/06_models/search/age_regression/trials.csv").is_file()  # the resumable record
+
+    # MLflow: the pipeline's run > one run per trial > one run per fold
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("age_regression_search")
+    runs = client.search_runs([experiment.experiment_id])
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    trial_runs = {r.data.tags.get("trial"): r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert set(trial_runs) == {"default", "trial_000"}
+    assert "search_best_mae" in parent.data.metrics and "search_default_mae" in parent.data.metrics
+    sampled = trial_runs["trial_000"]
+    assert float(sampled.data.params["training.optimiser.lr"]) == pytest.approx(trials.loc[1, "param.training.optimiser.lr"])
+    assert "cv_mae_mean" in sampled.data.metrics
+    folds = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == sampled.info.run_id]
+    assert sorted(r.data.tags["fold"] for r in folds) == ["0", "1"]
+
+    # the best configuration is a `kedro run --config` file whose params a normal run takes
+    config = yaml.safe_load((root / "data/06_models/age_regression/best_parameters.yml").read_text())
+    assert config["run"]["pipeline"] == "age_regression"
+    best = config["run"]["params"]["age_regression"]
+    kedro_project("age_regression", params={**common, "age_regression": {
+        **best, "training": {**FAST_TRAINING, **best.get("training", {}), "max_epochs": 1}}})
+    assert (root / "data/08_reporting/age_regression/test_metrics.json").is_file()

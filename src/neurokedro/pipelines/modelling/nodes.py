@@ -92,9 +92,37 @@ def train_model(
             model (the message lists the mismatched layers).
     """
     task = get_task(task_name)
-    spec = task.model_spec(model)
     pretrained = resolve_pretrained(training.get("init_from"), pretrained_model)
     assert_no_subject_leakage(task_scans)  # again here: task_scans is a dataset a user could edit
+    return cross_validate(volume_store, task_scans, task.model_spec(model), training, task_name, pretrained)
+
+
+def cross_validate(
+    volume_store: VolumeStore,
+    task_scans: pd.DataFrame,
+    spec: Mapping[str, Any],
+    training: Mapping[str, Any],
+    task_name: str,
+    pretrained: nn.Module | None = None,
+    log_models: bool = True,
+) -> tuple[FoldEnsemble, pd.DataFrame]:
+    """The fold loop of :func:`train_model`, also run by each trial of the hyperparameter search.
+
+    Args:
+        volume_store, task_scans, training, task_name: as for :func:`train_model` (only the
+            ``split == "train"`` rows are used).
+        spec: the model spec with its name filled in (:meth:`Task.model_spec`).
+        pretrained: the resolved pretrained model (or None: from scratch).
+        log_models: log each fold's model into its MLflow child run (off for search trials,
+            whose models are not kept).
+
+    Returns:
+        ``(model, history)`` as for :func:`train_model`.
+
+    Raises:
+        ValueError: if the training scans have fewer than 2 folds.
+    """
+    task = get_task(task_name)
     cv = task_scans[task_scans["split"] == "train"]
     folds = sorted(int(f) for f in cv["fold"].unique()) if "fold" in cv else []
     if len(folds) < 2:
@@ -126,7 +154,8 @@ def train_model(
                 history = history.assign(fold=fold, mlflow_run_id=run_id or "")
                 histories.append(history.assign(member=member) if size > 1 else history)
             fold_model = members[0] if size == 1 else MeanEnsemble(members)
-            log_model(fold_model, run_id)
+            if log_models:
+                log_model(fold_model, run_id)
         fold_models.append(fold_model)
     return FoldEnsemble(fold_models, folds), pd.concat(histories, ignore_index=True)
 
