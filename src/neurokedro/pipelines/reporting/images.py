@@ -26,7 +26,9 @@ from neurokedro.training.fit import predict  # noqa: E402
 TISSUE_COLOURS = ListedColormap(["#3b8bd9", "#e0a030", "#f2f2e6"])
 
 
-def _test_scans(task_scans: pd.DataFrame, limit: int | None = None) -> pd.DataFrame:
+def test_scans(task_scans: pd.DataFrame, limit: int | None = None) -> pd.DataFrame:
+    """The test-set rows of ``task_scans`` (or predictions) in store order, the first ``limit``
+    of them when given: the scans every figure of the report shows."""
     test = task_scans[task_scans["split"] == "test"].sort_values("row")
     return test if limit is None else test.head(limit)
 
@@ -53,7 +55,7 @@ def predict_label_maps(
         ``{"sub-<subject>[_ses-<session>]_dseg": image}``: uint8 classes 0 background, 1 CSF,
         2 GM, 3 WM with the store's affine of that scan (RAS, mm), for a partitioned NIfTI dataset.
     """
-    test = _test_scans(task_scans)
+    test = test_scans(task_scans)
     probabilities = predict(model, volume_store.images, test["row"].to_numpy(), int(training.get("batch_size", 8)),
                             flip_average=bool(training.get("test_time_flip", False)))
     maps = {}
@@ -89,7 +91,7 @@ def plot_segmentation_overlays(
     """
     from nilearn import plotting
 
-    test = _test_scans(task_scans, n_subjects).to_dict("records")
+    test = test_scans(task_scans, n_subjects).to_dict("records")
     fig, axes = plt.subplots(len(test), 2, figsize=(11, 2.8 * max(len(test), 1)), squeeze=False)
     for (ax_ref, ax_pred), record in zip(axes, test, strict=True):
         row = record["row"]
@@ -121,7 +123,7 @@ def plot_reconstructions(
         training: training parameters (``batch_size``).
         n_subjects: number of test scans shown.
     """
-    test = _test_scans(task_scans, n_subjects)
+    test = test_scans(task_scans, n_subjects)
     reconstructions = predict(model, volume_store.images, test["row"].to_numpy(), int(training.get("batch_size", 8)))
     fig, axes = plt.subplots(len(test), 6, figsize=(13, 2.3 * max(len(test), 1)), squeeze=False, layout="constrained")
     for ax_row, record, rec in zip(axes, test.to_dict("records"), reconstructions, strict=True):

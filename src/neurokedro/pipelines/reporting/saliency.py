@@ -20,7 +20,7 @@ from torch import nn  # noqa: E402
 
 from neurokedro.evaluation.saliency import saliency_map  # noqa: E402
 from neurokedro.io.volume_store import VolumeStore  # noqa: E402
-from neurokedro.pipelines.reporting.images import _test_scans  # noqa: E402
+from neurokedro.pipelines.reporting.images import test_scans  # noqa: E402
 from neurokedro.tasks.base import get_task  # noqa: E402
 
 #: Keys of the ``saliency`` parameters read here; every other key is an option of the method
@@ -39,7 +39,7 @@ def _saliency_params(saliency: Mapping[str, Any] | None) -> tuple[dict[str, Any]
 
 
 def _saliency_scans(task_scans: pd.DataFrame, n_subjects: int) -> pd.DataFrame:
-    test = _test_scans(task_scans, max(int(n_subjects), 1))
+    test = test_scans(task_scans, max(int(n_subjects), 1))
     if test.empty:
         raise ValueError("no test scans (split == 'test') to compute a saliency map on")
     return test
@@ -220,7 +220,7 @@ def plot_sample_scans(predictions: pd.DataFrame, volume_store: VolumeStore, task
     if task.kind not in ("regression", "classification"):
         raise ValueError(f"plot_sample_scans supports regression and classification tasks; {task_name!r} is a "
                          f"{task.kind} task")
-    test = _test_scans(predictions, max(int(n), 1))
+    test = test_scans(predictions, max(int(n), 1))
     if test.empty:
         raise ValueError("no test scans (split == 'test') in the predictions")
     titles = _regression_titles(test) if task.kind == "regression" else _classification_titles(test)
