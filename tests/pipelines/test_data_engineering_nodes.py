@@ -1,4 +1,5 @@
 import gzip
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -215,3 +216,153 @@ def test_label_lookup_turns_region_codes_into_tissue_classes(tmp_path):
     volume = lazy.compute(0)
     assert set(np.unique(volume.label)) == {0, 2, 3}
     assert (volume.label == 3).sum() == 4**3 and (volume.label == 2).sum() == 8**3 - 4**3
+
+
+# ---------------------------------------------------------------- registration to MNI152 (raw-scan path)
+
+def _saved(lazy, path):
+    dataset = VolumeStoreDataset(filepath=str(path))
+    dataset.save(lazy)
+    return dataset.load()
+
+
+def test_registration_none_writes_exactly_the_default_store(tmp_path):
+    """The new options at their defaults change nothing: arrays, index, metadata and fingerprint."""
+    table, _ = encode_labels(_cohort(tmp_path, 3), LABELS)
+    passed, _ = check_scans(table)
+    base = {"grid_shape": [8, 8, 8], "voxel_size_mm": 3.0}
+    default = _saved(preprocess_scans(passed, base), tmp_path / "default")
+    explicit = _saved(preprocess_scans(passed, {**base, "registration": "none", "bias_correction": "none",
+                                                "registration_qc_min_correlation": 0.4}), tmp_path / "none")
+    for name in ("images", "labels", "affines"):
+        np.testing.assert_array_equal(getattr(default, name), getattr(explicit, name))
+    pd.testing.assert_frame_equal(default.index, explicit.index)
+    assert default.meta == explicit.meta
+    assert "registration" not in default.meta["preprocessing"] and "registration_correlation" not in default.index
+    # a threshold alone (registration off) does not change the store either
+    threshold_only = preprocess_scans(passed, {**base, "registration_qc_min_correlation": 0.9})
+    assert threshold_only.meta == default.meta
+    # a non-default option is recorded and changes the fingerprint (nothing is computed yet)
+    n4 = preprocess_scans(passed, {**base, "bias_correction": "n4"})
+    assert n4.meta["preprocessing"]["bias_correction"] == "n4" and n4.meta["fingerprint"] != default.meta["fingerprint"]
+    from neurokedro.pipelines.data_engineering.nodes import plot_registration_qc
+
+    assert plot_registration_qc(default, base) == {}  # no figures without registration
+
+
+def test_unknown_registration_options_are_refused(tmp_path):
+    table, _ = encode_labels(_cohort(tmp_path, 1), LABELS)
+    with pytest.raises(ValueError, match="unknown registration 'rigid'"):
+        preprocess_scans(table, {"registration": "rigid"})
+    with pytest.raises(ValueError, match="unknown bias_correction"):
+        preprocess_scans(table, {"bias_correction": "n3"})
+
+
+def test_a_scan_failing_registration_qc_is_a_finding_and_the_rest_goes_on(tmp_path, monkeypatch):
+    """With a stand-in for ANTs (fixed transforms and correlations): the store index carries the
+    correlation and transform, the scan below the threshold is stored as failed with the reason, the
+    QC table lists it (check ``registration``, value = correlation), a scan whose registration
+    raised is listed too, the others are preprocessed in MNI space with their label maps moved by
+    the same transform, and every registered scan gets a QC figure."""
+    from neurokedro.imaging import registration
+    from neurokedro.imaging.registration import AffineRegistration, RegistrationError
+    from neurokedro.pipelines.data_engineering.nodes import plot_registration_qc
+
+    shift = np.eye(4)
+    shift[:3, 3] = [4.0, -6.0, 2.0]  # template point x lies at x + (4, -6, 2) mm in the scan
+    correlations = {"s0": 0.6, "s1": 0.12, "s2": None, "s3": 0.55}
+
+    def fake_register(img, seed=1):
+        subject = next(s for s in correlations if img.get_filename().endswith(f"/{s}.nii.gz"))
+        if correlations[subject] is None:
+            raise RegistrationError("no head found in the image")
+        return AffineRegistration(transform=shift, correlation=correlations[subject], start=(10.0, 0.0), n_fits=1,
+                                  skull_stripped=False)
+
+    monkeypatch.setattr(registration, "register_to_template", fake_register)
+    table, label_findings = encode_labels(_cohort(tmp_path, 4), LABELS)
+    passed, scan_findings = check_scans(table)
+    params = {"grid_shape": [48, 48, 48], "voxel_size_mm": 4.0, "registration": "affine",
+              "registration_qc_min_correlation": 0.3, "n_workers": 2}  # forked workers see the stand-in too
+    store = _saved(preprocess_scans(passed, params), tmp_path / "store")
+
+    index = store.index.set_index("subject_id")
+    assert index["preprocess_ok"].to_dict() == {"s0": True, "s1": False, "s2": False, "s3": True}
+    assert index.loc["s1", "preprocess_error"].startswith("RegistrationQCError: registration to MNI152 failed QC")
+    assert index.loc["s2", "preprocess_error"].startswith("RegistrationError")
+    np.testing.assert_allclose(index.loc["s0", "registration_correlation"], 0.6)
+    np.testing.assert_allclose(np.array(json.loads(index.loc["s3", "registration_transform"])), shift)
+    assert store.meta["preprocessing"]["registration"] == "affine"
+
+    qc = compile_qc_table(label_findings, scan_findings, store)
+    rows = qc.set_index("subject_id")
+    assert rows.loc["s1", "check"] == "registration" and rows.loc["s1", "value"] == "0.120"
+    assert rows.loc["s1", "file"].endswith("s1.nii.gz") and rows.loc["s1", "action"] == "scan excluded"
+    assert rows.loc["s2", "check"] == "registration" and rows.loc["s2", "value"] == ""
+    assert set(qc["subject_id"]) == {"s1", "s2"}
+
+    # in MNI space: one grid for all (centred on the template brain), the scan moved by -shift
+    ok = store.index["preprocess_ok"].to_numpy()
+    np.testing.assert_allclose(store.affines[0], store.affines[3])
+    from neurokedro.imaging.registration import mni152_template
+    from neurokedro.imaging.spatial import crop_grid
+
+    np.testing.assert_allclose(store.affines[0], crop_grid(mni152_template()[1], (48, 48, 48), 4.0, 4.0))
+    image, label = store.to_nifti(0), store.to_nifti(0, "label")
+    head, _ = make_head(shape=(16, 16, 16), seed=0)
+    scan_centre = nib.affines.apply_affine(head.affine, [7.5, 7.5, 7.5])  # the head's centre, scan mm
+    centre = nib.affines.apply_affine(np.linalg.inv(shift), scan_centre)  # ... in MNI mm
+    labelled = np.argwhere(np.asarray(label.dataobj) > 0)
+    assert labelled.size and (np.asarray(image.dataobj) != 0)[tuple(labelled.T)].all()  # label inside the brain
+    found = nib.affines.apply_affine(label.affine, labelled.mean(axis=0))
+    assert np.abs(found - centre).max() < 2.0, (found, centre)  # the label moved with its scan, not left behind
+    bright = np.argwhere(np.asarray(image.dataobj) > 0)  # the head: above the mean inside the template brain
+    image_centre = nib.affines.apply_affine(image.affine, bright.mean(axis=0))
+    assert np.abs(image_centre - centre).max() < 2.0, (image_centre, centre)  # the image moved the same way
+    assert not np.asarray(store.images[~ok]).any()
+
+    figures = plot_registration_qc(store, params)
+    assert sorted(figures) == ["s0_1", "s1_1", "s3_1"]  # s2 has no transform, so no figure
+    from kedro_datasets.partitions import PartitionedDataset
+
+    folder = tmp_path / "registration_qc"
+    PartitionedDataset(path=str(folder), dataset={"type": "neurokedro.io.FigureDataset", "save_args": {"dpi": 80}},
+                       filename_suffix=".png", overwrite=True).save(figures)
+    pngs = sorted(folder.glob("*.png"))
+    assert [p.name for p in pngs] == ["s0_1.png", "s1_1.png", "s3_1.png"]
+    assert all(p.read_bytes()[:4] == b"\x89PNG" and p.stat().st_size < 100_000 for p in pngs)
+
+
+@pytest.mark.ixi
+def test_real_scan_registers_and_an_upside_down_one_fails_registration_qc(ixi_dir, tmp_path):
+    """ANTs on a real IXI scan (DLMUSE regions -> tissue classes) and on a copy of it turned upside
+    down: the real scan passes with margin and its tissue labels sit on the brain in MNI space; the
+    broken copy is excluded with a ``registration`` finding while the real one goes on; N4 output
+    intensities are finite. (The original files are only read.)"""
+    subject = "IXI013-HH-1212"
+    original = ixi_dir / "t1" / f"{subject}_T1.nii.gz"
+    scan = nib.load(original)
+    upside_down = tmp_path / "upside_down.nii.gz"
+    canonical = nib.as_closest_canonical(scan)
+    nib.save(nib.Nifti1Image(canonical.get_fdata(dtype=np.float32)[:, :, ::-1].copy(), canonical.affine), upside_down)
+    table = pd.DataFrame({
+        "subject_id": ["broken", subject], "session_id": ["1", "1"],
+        "image_path": [str(upside_down), str(original)],
+        "label_path": [None, str(ixi_dir / "dlmuse" / f"{subject}_T1_DLMUSE.nii.gz")],
+        "label_lookup": [None, str(ixi_dir / "muse_mapping_derived.csv")],
+    })
+    params = {"grid_shape": [32, 32, 32], "voxel_size_mm": 6.0, "registration": "affine", "bias_correction": "n4"}
+    store = _saved(preprocess_scans(table, params), tmp_path / "store")
+    index = store.index.set_index("subject_id")
+    assert index.loc[subject, "registration_correlation"] > 0.5  # the default threshold is 0.4
+    assert index.loc["broken", "registration_correlation"] < 0.4
+    assert index["preprocess_ok"].to_dict() == {"broken": False, subject: True}
+    qc = compile_qc_table(pd.DataFrame(), pd.DataFrame(), store)
+    assert qc[["subject_id", "check"]].values.tolist() == [["broken", "registration"]]
+    assert qc.loc[0, "value"] == f"{index.loc['broken', 'registration_correlation']:.3f}"
+    tissue = np.asarray(store.labels[1, 0]) > 0
+    brain = np.asarray(store.images[1, 0]) != 0  # the template brain mask on the grid
+    dice = 2 * (tissue & brain).sum() / (tissue.sum() + brain.sum())
+    assert dice > 0.85, dice
+    assert set(np.unique(store.labels[1, 0])) == {0, 1, 2, 3}
+    assert np.isfinite(store.images[1]).all() and np.asarray(store.images[1]).std() > 0.5
