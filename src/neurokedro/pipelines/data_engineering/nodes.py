@@ -356,11 +356,10 @@ def preprocessing_compute_params(preprocessing: Mapping[str, Any]) -> dict[str, 
     p = {**PREPROCESSING_DEFAULTS, **dict(preprocessing)}
     options = registration_options(preprocessing)
     params = {k: p[k] for k in PREPROCESSING_DEFAULTS}
-    registered = options["registration"] != "none"
-    for key, default in REGISTRATION_DEFAULTS.items():
-        if options[key] != default and (registered or key != "registration_qc_min_correlation"):
+    for key in ("registration", "bias_correction"):
+        if options[key] != REGISTRATION_DEFAULTS[key]:
             params[key] = options[key]
-    if registered:
+    if options["registration"] != "none":
         from neurokedro.imaging.registration import REGISTRATION_CODE_VERSION
 
         params["registration_qc_min_correlation"] = options["registration_qc_min_correlation"]
