@@ -792,3 +792,49 @@ def test_reading_every_row_of_a_store_keeps_resident_memory_flat(tmp_path):
     assert total == 2 * n
     assert grown_through_the_map > size_kb / 2  # the measurement sees mapped pages
     assert grown_by_read_row < size_kb / 10
+
+
+class _InfoError(ValueError):
+    def __init__(self, message: str, info: dict | None = None) -> None:
+        super().__init__(message)
+        self.info = info or {}
+
+    def __reduce__(self):
+        return type(self), (str(self), self.info)
+
+
+@pytest.mark.parametrize("n_workers", [1, 2])
+def test_info_columns_record_per_row_results_failures_and_reuse_included(tmp_path, n_workers):
+    """A row's ``info`` (or its exception's) becomes index columns; a reused row keeps its values;
+    a row that gives none gets an empty cell; an unchanged store is left as it is."""
+    def compute(i: int) -> PreprocessedVolume:
+        if i == 1:
+            raise _InfoError("too poor", {"quality": 0.1, "note": "poor"})
+        if i == 2:
+            raise ValueError("no info")
+        vol = volume(i)
+        vol.info = {"quality": 0.5 + i, "note": f"row {i}", "ignored": 1}
+        return vol
+
+    keys = [f"key{i}" for i in range(4)]
+    ds = VolumeStoreDataset(filepath=str(tmp_path / "store"))
+    make = lambda compute: lazy_store(4, index=cohort_index(4).assign(cache_key=keys), compute=compute,  # noqa: E731
+                                      info_columns=("quality", "note"), n_workers=n_workers)
+    ds.save(make(compute))
+    index = ds.load().index
+    np.testing.assert_allclose(index["quality"], [0.5, 0.1, np.nan, 3.5])
+    assert index["note"].tolist() == ["row 0", "poor", "", "row 3"] and "ignored" not in index
+    assert index["preprocess_ok"].tolist() == [True, False, False, True]
+
+    def must_not_run(i: int) -> PreprocessedVolume:
+        raise AssertionError(f"row {i} recomputed")
+
+    mtime = (tmp_path / "store" / "index.csv").stat().st_mtime_ns
+    ds.save(make(must_not_run))  # same keys: the store is unchanged, nothing written
+    assert (tmp_path / "store" / "index.csv").stat().st_mtime_ns == mtime
+    reordered = make(must_not_run)
+    reordered.index = reordered.index.iloc[::-1].reset_index(drop=True).assign(row=np.arange(4))
+    ds.save(reordered)  # reused rows, in a new order, keep their values
+    again = ds.load().index
+    np.testing.assert_allclose(again["quality"], [3.5, np.nan, 0.1, 0.5])
+    assert again["note"].tolist() == ["row 3", "", "poor", "row 0"]

@@ -1,4 +1,5 @@
 import gzip
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -215,3 +216,280 @@ def test_label_lookup_turns_region_codes_into_tissue_classes(tmp_path):
     volume = lazy.compute(0)
     assert set(np.unique(volume.label)) == {0, 2, 3}
     assert (volume.label == 3).sum() == 4**3 and (volume.label == 2).sum() == 8**3 - 4**3
+
+
+# ---------------------------------------------------------------- registration to MNI152 (raw-scan path)
+
+def _saved(lazy, path):
+    dataset = VolumeStoreDataset(filepath=str(path))
+    dataset.save(lazy)
+    return dataset.load()
+
+
+def test_registration_none_writes_exactly_the_default_store(tmp_path):
+    """The new options at their defaults change nothing: arrays, index, metadata and fingerprint."""
+    table, _ = encode_labels(_cohort(tmp_path, 3), LABELS)
+    passed, _ = check_scans(table)
+    base = {"grid_shape": [8, 8, 8], "voxel_size_mm": 3.0}
+    default = _saved(preprocess_scans(passed, base), tmp_path / "default")
+    explicit = _saved(preprocess_scans(passed, {**base, "registration": "none", "bias_correction": "none",
+                                                "registration_qc_min_correlation": 0.4}), tmp_path / "none")
+    for name in ("images", "labels", "affines"):
+        np.testing.assert_array_equal(getattr(default, name), getattr(explicit, name))
+    pd.testing.assert_frame_equal(default.index, explicit.index)
+    assert default.meta == explicit.meta
+    assert "registration" not in default.meta["preprocessing"] and "registration_correlation" not in default.index
+    # a threshold alone (registration off) does not change the store either
+    threshold_only = preprocess_scans(passed, {**base, "registration_qc_min_correlation": 0.9})
+    assert threshold_only.meta == default.meta
+    # a non-default option is recorded and changes the fingerprint (nothing is computed yet)
+    n4 = preprocess_scans(passed, {**base, "bias_correction": "n4"})
+    assert n4.meta["preprocessing"]["bias_correction"] == "n4" and n4.meta["fingerprint"] != default.meta["fingerprint"]
+    from neurokedro.pipelines.data_engineering.nodes import plot_registration_qc
+
+    assert plot_registration_qc(default, base) == {}  # no figures without registration
+
+
+def test_unknown_registration_options_are_refused(tmp_path):
+    table, _ = encode_labels(_cohort(tmp_path, 1), LABELS)
+    with pytest.raises(ValueError, match="unknown registration 'rigid'"):
+        preprocess_scans(table, {"registration": "rigid"})
+    with pytest.raises(ValueError, match="unknown bias_correction"):
+        preprocess_scans(table, {"bias_correction": "n3"})
+
+
+def test_a_scan_failing_registration_qc_is_a_finding_and_the_rest_goes_on(tmp_path, monkeypatch):
+    """With a stand-in for ANTs (fixed transforms and correlations): the store index carries the
+    correlation and transform, the scan below the threshold is stored as failed with the reason, the
+    QC table lists it (check ``registration``, value = correlation), a scan whose registration
+    raised is listed too, the others are preprocessed in MNI space with their label maps moved by
+    the same transform, and every registered scan gets a QC figure."""
+    from neurokedro.imaging import registration
+    from neurokedro.imaging.registration import AffineRegistration, RegistrationError
+    from neurokedro.pipelines.data_engineering.nodes import plot_registration_qc
+
+    shift = np.eye(4)
+    shift[:3, 3] = [4.0, -6.0, 2.0]  # template point x lies at x + (4, -6, 2) mm in the scan
+    correlations = {"s0": 0.6, "s1": 0.12, "s2": None, "s3": 0.55}
+
+    def fake_register(img, seed=1):
+        subject = next(s for s in correlations if img.get_filename().endswith(f"/{s}.nii.gz"))
+        if correlations[subject] is None:
+            raise RegistrationError("no head found in the image")
+        return AffineRegistration(transform=shift, correlation=correlations[subject], start=(10.0, 0.0), n_fits=1,
+                                  skull_stripped=False)
+
+    monkeypatch.setattr(registration, "register_to_template", fake_register)
+    table, label_findings = encode_labels(_cohort(tmp_path, 4), LABELS)
+    passed, scan_findings = check_scans(table)
+    params = {"grid_shape": [48, 48, 48], "voxel_size_mm": 4.0, "registration": "affine",
+              "registration_qc_min_correlation": 0.3, "n_workers": 2}  # forked workers see the stand-in too
+    store = _saved(preprocess_scans(passed, params), tmp_path / "store")
+
+    index = store.index.set_index("subject_id")
+    assert index["preprocess_ok"].to_dict() == {"s0": True, "s1": False, "s2": False, "s3": True}
+    assert index.loc["s1", "preprocess_error"].startswith("RegistrationQCError: registration to MNI152 failed QC")
+    assert index.loc["s2", "preprocess_error"].startswith("RegistrationError")
+    np.testing.assert_allclose(index.loc["s0", "registration_correlation"], 0.6)
+    np.testing.assert_allclose(np.array(json.loads(index.loc["s3", "registration_transform"])), shift)
+    assert store.meta["preprocessing"]["registration"] == "affine"
+
+    qc = compile_qc_table(label_findings, scan_findings, store)
+    rows = qc.set_index("subject_id")
+    assert rows.loc["s1", "check"] == "registration" and rows.loc["s1", "value"] == "0.120"
+    assert rows.loc["s1", "file"].endswith("s1.nii.gz") and rows.loc["s1", "action"] == "scan excluded"
+    assert rows.loc["s2", "check"] == "registration" and rows.loc["s2", "value"] == ""
+    assert set(qc["subject_id"]) == {"s1", "s2"}
+
+    # in MNI space: one grid for all (centred on the template brain), the scan moved by -shift
+    ok = store.index["preprocess_ok"].to_numpy()
+    np.testing.assert_allclose(store.affines[0], store.affines[3])
+    from neurokedro.imaging.registration import mni152_template
+    from neurokedro.imaging.spatial import crop_grid
+
+    np.testing.assert_allclose(store.affines[0], crop_grid(mni152_template()[1], (48, 48, 48), 4.0, 4.0))
+    image, label = store.to_nifti(0), store.to_nifti(0, "label")
+    head, _ = make_head(shape=(16, 16, 16), seed=0)
+    scan_centre = nib.affines.apply_affine(head.affine, [7.5, 7.5, 7.5])  # the head's centre, scan mm
+    centre = nib.affines.apply_affine(np.linalg.inv(shift), scan_centre)  # ... in MNI mm
+    labelled = np.argwhere(np.asarray(label.dataobj) > 0)
+    assert labelled.size and (np.asarray(image.dataobj) != 0)[tuple(labelled.T)].all()  # label inside the brain
+    found = nib.affines.apply_affine(label.affine, labelled.mean(axis=0))
+    assert np.abs(found - centre).max() < 2.0, (found, centre)  # the label moved with its scan, not left behind
+    bright = np.argwhere(np.asarray(image.dataobj) > 0)  # the head: above the mean inside the template brain
+    image_centre = nib.affines.apply_affine(image.affine, bright.mean(axis=0))
+    assert np.abs(image_centre - centre).max() < 2.0, (image_centre, centre)  # the image moved the same way
+    assert not np.asarray(store.images[~ok]).any()
+
+    figures = plot_registration_qc(store, params)
+    assert sorted(figures) == ["s0_1", "s1_1", "s3_1"]  # s2 has no transform, so no figure
+    from kedro_datasets.partitions import PartitionedDataset
+
+    folder = tmp_path / "registration_qc"
+    PartitionedDataset(path=str(folder), dataset={"type": "neurokedro.io.FigureDataset", "save_args": {"dpi": 80}},
+                       filename_suffix=".png", overwrite=True).save(figures)
+    pngs = sorted(folder.glob("*.png"))
+    assert [p.name for p in pngs] == ["s0_1.png", "s1_1.png", "s3_1.png"]
+    assert all(p.read_bytes()[:4] == b"\x89PNG" and p.stat().st_size < 100_000 for p in pngs)
+
+
+SUBJECT = "IXI013-HH-1212"
+
+
+@pytest.mark.ixi
+def test_a_real_scan_registers_with_its_tissue_labels_on_the_brain(ixi_dir, tmp_path):
+    """ANTs on a real IXI scan (DLMUSE regions -> tissue classes), with N4: it passes with margin,
+    its tissue labels sit on the template brain in MNI space, N4 output intensities are finite.
+    (The original files are only read.)"""
+    table = pd.DataFrame({
+        "subject_id": [SUBJECT], "session_id": ["1"], "image_path": [str(ixi_dir / "t1" / f"{SUBJECT}_T1.nii.gz")],
+        "label_path": [str(ixi_dir / "dlmuse" / f"{SUBJECT}_T1_DLMUSE.nii.gz")],
+        "label_lookup": [str(ixi_dir / "muse_mapping_derived.csv")],
+    })
+    params = {"grid_shape": [32, 32, 32], "voxel_size_mm": 6.0, "registration": "affine", "bias_correction": "n4"}
+    store = _saved(preprocess_scans(table, params), tmp_path / "store")
+    assert store.index.loc[0, "registration_correlation"] > 0.5  # the default threshold is 0.4
+    assert bool(store.index.loc[0, "preprocess_ok"])
+    assert compile_qc_table(pd.DataFrame(), pd.DataFrame(), store).empty
+    tissue = np.asarray(store.labels[0, 0]) > 0
+    brain = np.asarray(store.images[0, 0]) != 0  # the template brain mask on the grid
+    dice = 2 * (tissue & brain).sum() / (tissue.sum() + brain.sum())
+    assert dice > 0.85, dice
+    assert set(np.unique(store.labels[0, 0])) == {0, 1, 2, 3}
+    assert np.isfinite(store.images[0]).all() and np.asarray(store.images[0]).std() > 0.5
+
+
+@pytest.mark.ixi
+def test_a_real_scan_turned_upside_down_fails_registration_qc(ixi_dir, tmp_path):
+    """The same scan upside down: every start is tried, none fits, the scan is excluded with a
+    ``registration`` finding whose value is its correlation."""
+    canonical = nib.as_closest_canonical(nib.load(ixi_dir / "t1" / f"{SUBJECT}_T1.nii.gz"))
+    upside_down = tmp_path / "upside_down.nii.gz"
+    nib.save(nib.Nifti1Image(canonical.get_fdata(dtype=np.float32)[:, :, ::-1].copy(), canonical.affine), upside_down)
+    table = pd.DataFrame({"subject_id": ["broken"], "session_id": ["1"], "image_path": [str(upside_down)],
+                          "label_path": [None]})
+    store = _saved(preprocess_scans(table, {"grid_shape": [16, 16, 16], "voxel_size_mm": 12.0,
+                                            "registration": "affine"}), tmp_path / "store")
+    correlation = store.index.loc[0, "registration_correlation"]
+    assert correlation < 0.4 and not bool(store.index.loc[0, "preprocess_ok"])
+    qc = compile_qc_table(pd.DataFrame(), pd.DataFrame(), store)
+    assert qc[["subject_id", "check", "value"]].values.tolist() == [["broken", "registration", f"{correlation:.3f}"]]
+
+
+def test_registration_options_are_part_of_each_scans_cache_key(tmp_path, monkeypatch):
+    """Switching registration on recomputes (and registers) every scan; rerunning registers
+    nothing; switching it back reuses nothing registered: the store equals the first one."""
+    from neurokedro.imaging import registration
+    from neurokedro.imaging.registration import AffineRegistration
+
+    calls: list[str] = []
+
+    def fake_register(img, seed=1):
+        calls.append(img.get_filename())
+        return AffineRegistration(transform=np.eye(4), correlation=0.6, start=(10.0, 0.0), n_fits=1, skull_stripped=False)
+
+    monkeypatch.setattr(registration, "register_to_template", fake_register)
+    table, _ = encode_labels(_cohort(tmp_path, 3), LABELS)
+    passed, _ = check_scans(table)
+    plain = {"grid_shape": [8, 8, 8], "voxel_size_mm": 6.0}
+    registered = {**plain, "registration": "affine"}
+    dataset = VolumeStoreDataset(filepath=str(tmp_path / "store"))
+    dataset.save(preprocess_scans(passed, plain))
+    first = dataset.load()
+    first_images, first_affines = np.array(first.images), np.array(first.affines)
+
+    keys = {name: preprocess_scans(passed, params).index["cache_key"] for name, params in {
+        "plain": plain, "affine": registered, "n4": {**plain, "bias_correction": "n4"},
+        "threshold": {**registered, "registration_qc_min_correlation": 0.5},
+        "seed": {**registered, "registration_seed": 2}}.items()}
+    for name, key in keys.items():  # every option that changes a volume changes every scan's key
+        assert name == "plain" or not (key == keys["plain"]).any(), name
+    assert len({tuple(k) for k in keys.values()}) == len(keys)
+
+    computed: list[str] = []
+    original = nodes.preprocess_scan
+    monkeypatch.setattr(nodes, "preprocess_scan", lambda image, *a, **k: computed.append(image.get_filename()) or original(image, *a, **k))
+    dataset.save(preprocess_scans(passed, registered))
+    assert len(calls) == 3 and len(computed) == 3
+    store = dataset.load()
+    assert store.index["preprocess_ok"].all()
+    assert not np.allclose(np.array(store.affines), first_affines)  # the MNI grid, not the scan's
+    np.testing.assert_allclose(store.index["registration_correlation"], 0.6)
+    calls.clear()
+    computed.clear()
+    dataset.save(preprocess_scans(passed, registered))  # unchanged: nothing registered again
+    assert calls == [] and computed == []
+    np.testing.assert_allclose(dataset.load().index["registration_correlation"], 0.6)
+
+    dataset.save(preprocess_scans(passed, plain))  # back: recomputed, identical to the first store
+    back = dataset.load()
+    assert calls == [] and len(computed) == 3 and "registration_correlation" not in back.index
+    np.testing.assert_array_equal(back.images, first_images)
+    np.testing.assert_array_equal(back.affines, first_affines)
+
+
+def test_registration_without_antspy_stops_with_the_pip_command(tmp_path, monkeypatch):
+    import importlib.util
+    import sys
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.delitem(sys.modules, "ants", raising=False)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ants" else real_find_spec(name, *a))
+    table, _ = encode_labels(_cohort(tmp_path, 1), LABELS)
+    for option in ({"registration": "affine"}, {"bias_correction": "n4"}):
+        with pytest.raises(ImportError, match="pip install antspyx"):
+            preprocess_scans(table, {"grid_shape": [8, 8, 8], **option})
+    preprocess_scans(table, {"grid_shape": [8, 8, 8]})  # the default needs no ANTsPy
+
+
+def test_the_default_pipelines_do_not_import_antspy():
+    """``kedro run`` without registration must not pay for (or need) ANTsPy."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom neurokedro.pipeline_registry import register_pipelines\n"
+            "from neurokedro.pipelines.data_engineering import nodes\nregister_pipelines()\n"
+            "assert 'ants' not in sys.modules, 'ants imported'\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_antspy_registers_a_moved_template_and_flags_a_noise_volume(tmp_path):
+    """Real ANTs on small data: the MNI152 template at 4 mm, rotated and shifted in its header,
+    passes registration QC with a high correlation and lands on the template grid; a volume of
+    noise fails it, is listed in the QC table (check ``registration``) and the run goes on."""
+    from scipy.spatial.transform import Rotation
+
+    from neurokedro.imaging import registration as R
+
+    template, mask = R.mni152_template()
+    small = R._downsample(template, 4.0)
+    motion = np.eye(4)
+    motion[:3, :3] = Rotation.from_euler("xyz", [6, -4, 5], degrees=True).as_matrix()
+    motion[:3, 3] = [6.0, -9.0, 7.0]
+    nib.save(nib.Nifti1Image(small.get_fdata(dtype=np.float32), motion @ small.affine), tmp_path / "moved.nii.gz")
+    noise = np.random.default_rng(0).random((24, 24, 24)).astype(np.float32) * 100
+    nib.save(nib.Nifti1Image(noise, np.diag([4.0, 4.0, 4.0, 1.0])), tmp_path / "noise.nii.gz")
+    table = pd.DataFrame({"subject_id": ["moved", "noise"], "session_id": ["1", "1"],
+                          "image_path": [str(tmp_path / "moved.nii.gz"), str(tmp_path / "noise.nii.gz")],
+                          "label_path": [None, None]})
+    params = {"grid_shape": [16, 16, 16], "voxel_size_mm": 12.0, "registration": "affine"}
+    store = _saved(preprocess_scans(table, params), tmp_path / "store")
+    index = store.index.set_index("subject_id")
+    assert index["preprocess_ok"].to_dict() == {"moved": True, "noise": False}
+    assert index.loc["moved", "registration_correlation"] > 0.8
+    assert index.loc["noise", "registration_correlation"] < 0.4
+    transform = np.array(json.loads(index.loc["moved", "registration_transform"]))
+    assert np.abs(transform[:3, 3] - motion[:3, 3]).max() < 2.0  # the shift recovered to 2 mm (4 mm voxels)
+    assert np.abs(transform[:3, :3] - motion[:3, :3]).max() < 0.05
+    qc = compile_qc_table(pd.DataFrame(), pd.DataFrame(), store)
+    assert qc[["subject_id", "check", "action"]].values.tolist() == [["noise", "registration", "scan excluded"]]
+    # the moved copy, back in MNI space, matches the template on the grid
+    back = resample_like(template, store.affines[0])
+    inside = np.asarray(store.images[0, 0]) != 0
+    assert np.corrcoef(np.asarray(store.images[0, 0])[inside], back[inside])[0, 1] > 0.8
+
+
+def resample_like(image, affine, shape=(16, 16, 16)):
+    from neurokedro.imaging.spatial import resample_to_grid
+
+    return resample_to_grid(image, affine, shape, "linear").get_fdata(dtype=np.float32)

@@ -67,4 +67,22 @@ def test_predict_reads_the_trained_models_and_the_bias_correction_as_datasets():
     assert "autoencoder.model" not in predict.inputs()  # no per-scan output to predict
     # the new scans are prepared by the same nodes and parameters as the training cohort
     assert {"params:preprocessing", "params:labels", "params:predict.cohort"} <= predict.inputs()
-    assert predict.outputs() == {"predict.predictions"}
+    assert predict.outputs() == {"predict.predictions", "predict.registration_qc_figures"}
+
+
+def test_registration_qc_figures_are_written_by_the_catalog_in_training_and_predict():
+    """Their own catalog entries (crash-safe PNGs), not MemoryDatasets: kedro-viz and the run
+    show them as files, and predict's do not overwrite training's."""
+    from pathlib import Path
+
+    import yaml
+
+    catalog = yaml.safe_load((Path(__file__).parents[2] / "conf" / "base" / "catalog.yml").read_text())
+    assert "registration_qc_figures" in register_pipelines()["data_engineering"].outputs()
+    paths = set()
+    for name in ("registration_qc_figures", "predict.registration_qc_figures"):
+        entry = catalog[name]
+        assert entry["type"] == "partitions.PartitionedDataset" and entry["filename_suffix"] == ".png"
+        assert entry["dataset"]["type"] == "neurokedro.io.FigureDataset"
+        paths.add(entry["path"])
+    assert len(paths) == 2

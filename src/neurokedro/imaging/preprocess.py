@@ -1,4 +1,15 @@
-"""One scan from NIfTI to the model grid: the preprocessing chain used by training and predict."""
+"""One scan from NIfTI to the model grid: the preprocessing chain used by training and predict.
+
+Two paths, chosen by ``registration``:
+
+* ``none`` (default): the scan stays in its own (scanner) space; reorient, mask, crop,
+  resample, normalise (:func:`preprocess_scan` with ``transform=None``).
+* ``affine``: raw scan -> reorient -> (N4) -> affine to the MNI152 template -> template brain
+  mask -> the same crop, resampling and normalisation, on a grid in MNI space. The registration
+  itself (:func:`~neurokedro.imaging.registration.register_to_template`) runs once per scan
+  before the volume store is written (its transform and quality number go into the store's
+  index); :func:`preprocess_scan` then applies the transform it is given.
+"""
 
 from __future__ import annotations
 
@@ -24,45 +35,111 @@ DEFAULTS: dict[str, Any] = {
     "clip": 5.0,
 }
 
+#: The raw-scan path's options (``parameters_data_engineering.yml:preprocessing``). Kept apart
+#: from :data:`DEFAULTS` so that, left at these values, the store's metadata and fingerprint are
+#: exactly those of a store written before the options existed.
+REGISTRATION_DEFAULTS: dict[str, Any] = {
+    "registration": "none",               # none | affine (MNI152, ANTs)
+    "bias_correction": "none",            # none | n4 (of the output intensities)
+    "registration_qc_min_correlation": 0.4,  # IXI: good fits >= 0.51, broken or stuck <= 0.32
+}
+REGISTRATION_METHODS = ("none", "affine")
+BIAS_CORRECTIONS = ("none", "n4")
+
+
+def registration_options(params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The raw-scan options of ``params`` with their defaults, validated.
+
+    Returns:
+        ``{"registration", "bias_correction", "registration_qc_min_correlation"}``.
+
+    Raises:
+        ValueError: for an unknown ``registration`` or ``bias_correction``, or a threshold
+            outside [-1, 1].
+    """
+    p = {**REGISTRATION_DEFAULTS, **{k: v for k, v in dict(params or {}).items() if k in REGISTRATION_DEFAULTS}}
+    p["registration"] = str(p["registration"]).lower()
+    p["bias_correction"] = str(p["bias_correction"]).lower()
+    if p["registration"] not in REGISTRATION_METHODS:
+        raise ValueError(f"unknown registration {p['registration']!r}; use one of {REGISTRATION_METHODS}")
+    if p["bias_correction"] not in BIAS_CORRECTIONS:
+        raise ValueError(f"unknown bias_correction {p['bias_correction']!r}; use one of {BIAS_CORRECTIONS}")
+    threshold = float(p["registration_qc_min_correlation"])
+    if not -1.0 <= threshold <= 1.0:
+        raise ValueError(f"registration_qc_min_correlation must be a correlation in [-1, 1], got {threshold}")
+    p["registration_qc_min_correlation"] = threshold
+    return p
+
 
 def preprocess_scan(
     image: nib.spatialimages.SpatialImage,
     label: nib.spatialimages.SpatialImage | None,
     params: Mapping[str, Any] | None = None,
     keep_label: bool = True,
+    transform: np.ndarray | None = None,
 ) -> PreprocessedVolume:
-    """Reorient, mask, crop, resample and normalise one T1-weighted scan.
+    """Reorient, (bias-correct,) (move to MNI space,) mask, crop, resample and normalise one
+    T1-weighted scan.
 
-    Steps: reorient to RAS (``nibabel.as_closest_canonical``); brain mask from the label map
-    (``label > 0``) when there is one, else an intensity mask; a RAS grid of ``grid_shape``
-    isotropic voxels of ``voxel_size_mm`` centred on the brain (the crop); resampling onto it
-    with nilearn (linear for the image, nearest neighbour for the mask and label map, so label
-    codes stay exact); z-score inside the brain mask, 0 outside.
+    Steps: reorient to RAS (``nibabel.as_closest_canonical``); with ``bias_correction: n4``,
+    N4 (:func:`~neurokedro.imaging.registration.n4_bias_correction`); with a ``transform``
+    (``registration: affine``), the image and label map are placed in MNI space
+    (:func:`~neurokedro.imaging.registration.move_to_template`: a new affine, no resampling) and
+    the brain mask is the MNI152 template's (``mask: auto`` or ``template``); otherwise the brain
+    mask comes from the label map (``label > 0``) when there is one, else from intensities. Then a
+    RAS grid of ``grid_shape`` isotropic voxels of ``voxel_size_mm`` centred on the brain mask
+    (the crop; in MNI space the same grid for every scan); resampling onto it with nilearn
+    (linear for the image, nearest neighbour for the mask and label map, so label codes stay
+    exact): the only interpolation of the raw voxels; normalisation inside the brain mask, 0
+    outside (the brain extraction).
 
     Args:
         image: the T1-weighted image (3D, any orientation).
         label: optional label map on the image's grid.
         params: overrides of :data:`DEFAULTS` (``mask``, ``grid_shape``, ``voxel_size_mm``,
-            ``margin_mm``, ``interpolation``, ``normalisation``, ``clip``).
+            ``margin_mm``, ``interpolation``, ``normalisation``, ``clip``) and of
+            :data:`REGISTRATION_DEFAULTS` (``bias_correction``; ``registration`` is implied by
+            ``transform``).
         keep_label: resample the label map onto the grid and return it; False uses it for the
             brain mask only (when the caller maps it to the grid another way, e.g.
             :func:`~neurokedro.imaging.tissue.resample_tissue_classes`), saving a resampling.
+        transform: ``(4, 4)`` template-to-scan RAS matrix from
+            :func:`~neurokedro.imaging.registration.register_to_template`, or None (scanner space).
 
     Returns:
         :class:`~neurokedro.io.volume_store.PreprocessedVolume`: image float32 ``(1, D, H, W)``,
-        affine (4, 4) of the grid, label int16 ``(D, H, W)`` or ``None``.
+        affine (4, 4) of the grid (MNI mm with a transform, scanner mm without), label int16
+        ``(D, H, W)`` or ``None``.
 
     Raises:
-        ValueError: if the label map's grid differs from the image's, or the mask is empty.
+        ValueError: if the label map's grid differs from the image's, the mask is empty, or
+            ``mask: template`` is asked for without a transform.
     """
     p = {**DEFAULTS, **dict(params or {})}
+    options = registration_options(params)
     if label is not None and not grids_match(image, label):
         raise ValueError(
             f"label map grid {tuple(label.shape)} does not match image grid {tuple(image.shape)} (shape or affine)"
         )
     image = reorient_to_ras(image)
     label = reorient_to_ras(label) if label is not None else None
-    mask = brain_mask(image, label, method=p["mask"])
+    if options["bias_correction"] == "n4":
+        from neurokedro.imaging.registration import n4_bias_correction
+
+        image = n4_bias_correction(nib.Nifti1Image(image.get_fdata(dtype=np.float32), image.affine))
+    if transform is not None:
+        from neurokedro.imaging.registration import mni152_template, move_to_template
+
+        image = move_to_template(image, transform)
+        label = move_to_template(label, transform) if label is not None else None
+        if p["mask"] in ("auto", "template"):
+            mask = mni152_template()[1]
+        else:
+            mask = brain_mask(image, label, method=p["mask"])
+    elif p["mask"] == "template":
+        raise ValueError("mask 'template' (the MNI152 brain mask) needs registration: affine")
+    else:
+        mask = brain_mask(image, label, method=p["mask"])
     shape = tuple(int(s) for s in p["grid_shape"])
     voxel = p["voxel_size_mm"]
     affine = crop_grid(mask, shape, None if voxel is None else float(voxel), float(p["margin_mm"]))

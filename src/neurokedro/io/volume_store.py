@@ -111,11 +111,15 @@ class PreprocessedVolume:
             grid to RAS world coordinates in mm.
         label: ``(D, H, W)`` integer label map on the same grid (e.g. tissue classes), or None.
             Values must fit in int16.
+        info: per-volume results to record in the store's index (e.g. a registration's
+            quality number), one column per key named in :attr:`LazyVolumeStore.info_columns`;
+            scalars or strings.
     """
 
     image: np.ndarray
     affine: np.ndarray
     label: np.ndarray | None = None
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -346,6 +350,11 @@ class LazyVolumeStore:
         n_workers: Worker processes computing rows in parallel; 1 computes in this process.
             Output is identical for any value, since each row is written at its own position.
         progress: Show a tqdm progress bar.
+        info_columns: index columns that computing a row fills in, from the returned volume's
+            :attr:`PreprocessedVolume.info`, or from the ``info`` dict attribute of the exception
+            a failed row raised (so a failure can still say e.g. how poor its registration was);
+            empty where a row gives none. A row reused from the previous store keeps the values
+            recorded there, as it keeps its volume.
 
     Raises:
         ValueError: On construction, for an unknown dtype, a non-3D grid, ``n_channels < 1``,
@@ -361,8 +370,10 @@ class LazyVolumeStore:
     compute: Callable[[int], PreprocessedVolume]
     n_workers: int = 1
     progress: bool = True
+    info_columns: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        self.info_columns = tuple(str(c) for c in self.info_columns)
         self.dtype = str(np.dtype(self.dtype))
         if self.dtype not in IMAGE_DTYPES:
             raise ValueError(
@@ -740,7 +751,7 @@ def _same_store(lazy: LazyVolumeStore, previous: VolumeStore) -> bool:
         return False
     if _spec_of(lazy) != _spec_of(previous):
         return False
-    columns = [c for c in previous.index.columns if c not in _RESULT_COLUMNS]
+    columns = [c for c in previous.index.columns if c not in _RESULT_COLUMNS and c not in lazy.info_columns]
     if sorted(columns) != sorted(map(str, lazy.index.columns)):
         return False
     # Compared as text as index.csv stores it, so a round trip through the CSV is not a change.
@@ -772,6 +783,7 @@ def _write_lazy(lazy: LazyVolumeStore, folder: Path, display: str, previous: Vol
     ok = np.ones(n, dtype=bool)
     has_label = np.zeros(n, dtype=bool)
     errors = [""] * n
+    info: dict[str, list[Any]] = {column: [None] * n for column in lazy.info_columns}
 
     reused = _reusable_rows(lazy, spec, previous)
     if reused:
@@ -785,6 +797,9 @@ def _write_lazy(lazy: LazyVolumeStore, folder: Path, display: str, previous: Vol
             ok[i] = bool(old_index["preprocess_ok"].iloc[j]) if "preprocess_ok" in old_index else True
             errors[i] = str(old_index["preprocess_error"].iloc[j]) if "preprocess_error" in old_index else ""
             has_label[i] = bool(old_index["has_label"].iloc[j]) if "has_label" in old_index else files.labels is not None
+            for column in info:
+                if column in old_index:
+                    info[column][i] = old_index[column].iloc[j]
         logger.info("Volume store '%s': %d of %d volumes reused from the previous store (same input files and "
                     "parameters), %d to compute.", display, len(reused), n, n - len(reused))
     todo = [i for i in range(n) if i not in reused]
@@ -802,10 +817,14 @@ def _write_lazy(lazy: LazyVolumeStore, folder: Path, display: str, previous: Vol
             if isinstance(result, BaseException):
                 ok[i] = False
                 errors[i] = f"{type(result).__name__}: {result}"
+                row_info = getattr(result, "info", None)
             else:
-                image, affine, label = result
+                image, affine, label, row_info = result
                 files.images[i] = image
                 files.affines[i] = affine
+            for column, value in (row_info if isinstance(row_info, dict) else {}).items():
+                if column in info:
+                    info[column][i] = value
             if files.labels is not None:
                 # -1 is no class, so a volume without a label map (or a failed one) cannot
                 # pass for all-background in a segmentation loss.
@@ -816,6 +835,8 @@ def _write_lazy(lazy: LazyVolumeStore, folder: Path, display: str, previous: Vol
     index = lazy.index.copy()
     index["preprocess_ok"] = ok
     index["preprocess_error"] = errors
+    for column, values in info.items():
+        index[column] = pd.Series(values, index=index.index, dtype=object).infer_objects()
     if lazy.with_labels:
         index["has_label"] = has_label
     n_failed = int((~ok).sum())
@@ -835,7 +856,7 @@ def _write_lazy(lazy: LazyVolumeStore, folder: Path, display: str, previous: Vol
                 len(todo), len(reused), n_failed)
 
 
-_Row = tuple[np.ndarray, np.ndarray, np.ndarray | None]
+_Row = tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, Any]]
 
 
 def _compute_checked(
@@ -870,7 +891,7 @@ def _compute_checked(
                 f"label shape {label.shape} does not match the store's grid {spec.grid_shape}"
             )
         label = _as_int16_label(label)
-    return cast, affine, label
+    return cast, affine, label, dict(vol.info or {})
 
 
 def _iter_rows_serial(

@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ from neurokedro.cohorts.labels import SEX_CODES, LabelError, is_missing, parse_a
 from neurokedro.imaging.checks import grid_mismatch, image_findings
 from neurokedro.imaging.intensity import intensity_statistics
 from neurokedro.imaging.preprocess import DEFAULTS as PREPROCESSING_DEFAULTS
-from neurokedro.imaging.preprocess import preprocess_scan
+from neurokedro.imaging.preprocess import REGISTRATION_DEFAULTS, preprocess_scan, registration_options
 from neurokedro.imaging.tissue import resample_tissue_classes
 from neurokedro.io.volume_store import CACHE_KEY, LazyVolumeStore, PreprocessedVolume, VolumeStore
 
@@ -253,8 +255,40 @@ def _declared_size_problem(img: Any, path: str) -> tuple[str, str, str] | None:
             f"more than the {size}-byte file can hold: truncated file or corrupt header")
 
 
+#: Seed of ANTs' metric sampling in the registration to MNI152 (one ITK thread: bit-reproducible;
+#: never 0, which ANTs reads as "seed from the clock"). Part of each registered scan's cache key.
+REGISTRATION_SEED = 1
+#: Index columns each registered scan fills in (``registration: affine``), failed ones included.
+REGISTRATION_COLUMNS = ("registration_correlation", "registration_transform")
+_REGISTRATION_CHECK_ERRORS = ("RegistrationQCError:", "RegistrationError:")
+
+
+class RegistrationQCError(ValueError):
+    """A scan whose affine registration to MNI152 correlates too poorly with the template.
+
+    ``info`` holds its :data:`REGISTRATION_COLUMNS`, which the volume store records although
+    the scan is excluded (the QC table shows the correlation, the QC figure the fit)."""
+
+    def __init__(self, message: str, info: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.info = dict(info or {})
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Back from a worker process with its info (the default pickling passes only the message).
+        return type(self), (str(self), self.info)
+
+
 class ScanPreprocessor:
-    """Picklable callable ``row -> PreprocessedVolume`` (worker processes receive it)."""
+    """Picklable callable ``row -> PreprocessedVolume`` (worker processes receive it).
+
+    With ``params["registration"] == "affine"`` each scan is first registered to MNI152
+    (:func:`~neurokedro.imaging.registration.register_to_template`), here, per scan, so that a
+    scan whose volume the store reuses from its cache is not registered again. The volume's
+    ``info`` carries :data:`REGISTRATION_COLUMNS`; a scan whose registration raised
+    (``RegistrationError``) or correlates below ``registration_qc_min_correlation``
+    (:class:`RegistrationQCError`) raises, which the volume store records as
+    ``preprocess_ok=False``.
+    """
 
     def __init__(
         self,
@@ -268,17 +302,70 @@ class ScanPreprocessor:
         self.params = dict(params)
         self.label_lookups = label_lookups or [None] * len(image_paths)
 
+    def _register(self, image: nib.spatialimages.SpatialImage) -> tuple[np.ndarray | None, dict[str, Any]]:
+        """``(transform, info)`` of a scan: ``(None, {})`` without registration."""
+        options = registration_options(self.params)
+        if options["registration"] == "none":
+            return None, {}
+        from neurokedro.imaging import registration
+
+        result = registration.register_to_template(image, seed=int(self.params.get("registration_seed", REGISTRATION_SEED)))
+        info = {"registration_correlation": float(result.correlation),
+                "registration_transform": json.dumps(np.asarray(result.transform, dtype=float).tolist())}
+        threshold = options["registration_qc_min_correlation"]
+        if not result.correlation >= threshold:  # NaN fails too
+            raise RegistrationQCError(
+                f"registration to MNI152 failed QC: correlation with the template {result.correlation:.3f} < "
+                f"{threshold:g} (registration_qc_min_correlation); a misregistered scan, or not a T1-weighted "
+                "head scan: see its figure in data/08_reporting/registration_qc", info)
+        return np.asarray(result.transform, dtype=float), info
+
     def __call__(self, i: int) -> PreprocessedVolume:
         image = nib.load(self.image_paths[i])
+        transform, info = self._register(image)
         label_path = self.label_paths[i]
         label = nib.load(label_path) if label_path else None
         lookup = self.label_lookups[i]
-        volume = preprocess_scan(image, label, self.params, keep_label=not lookup)
+        volume = preprocess_scan(image, label, self.params, keep_label=not lookup, transform=transform)
         if label is not None and lookup:
             # Region codes (e.g. DLMUSE) -> tissue classes on the grid by partial volume; the
-            # brain mask already came from the region codes.
+            # brain mask already came from the region codes (or from the template, in MNI space).
+            if transform is not None:
+                from neurokedro.imaging.registration import move_to_template
+
+                label = move_to_template(label, transform)
             volume.label = resample_tissue_classes(label, lookup, volume.affine, volume.image.shape[1:])
+        volume.info = info
         return volume
+
+
+def preprocessing_compute_params(preprocessing: Mapping[str, Any]) -> dict[str, Any]:
+    """The preprocessing parameters that determine a scan's volume: what its cache key hashes
+    and what the store's metadata records.
+
+    :data:`~neurokedro.imaging.preprocess.DEFAULTS` always; the raw-scan options
+    (:data:`~neurokedro.imaging.preprocess.REGISTRATION_DEFAULTS`) only where they differ from
+    their defaults, so a store written without them keeps its keys (and its cache); with
+    ``registration: affine`` also the QC threshold (it decides which scans are excluded), the
+    registration's seed and
+    :data:`~neurokedro.imaging.registration.REGISTRATION_CODE_VERSION`.
+
+    Raises:
+        ValueError: for an unknown ``registration`` or ``bias_correction``.
+    """
+    p = {**PREPROCESSING_DEFAULTS, **dict(preprocessing)}
+    options = registration_options(preprocessing)
+    params = {k: p[k] for k in PREPROCESSING_DEFAULTS}
+    for key in ("registration", "bias_correction"):
+        if options[key] != REGISTRATION_DEFAULTS[key]:
+            params[key] = options[key]
+    if options["registration"] != "none":
+        from neurokedro.imaging.registration import REGISTRATION_CODE_VERSION
+
+        params["registration_qc_min_correlation"] = options["registration_qc_min_correlation"]
+        params["registration_seed"] = int(p.get("registration_seed", REGISTRATION_SEED))
+        params["registration_code"] = REGISTRATION_CODE_VERSION
+    return params
 
 
 def preprocess_scans(cohort_table: pd.DataFrame, preprocessing: Mapping[str, Any]) -> LazyVolumeStore:
@@ -287,7 +374,8 @@ def preprocess_scans(cohort_table: pd.DataFrame, preprocessing: Mapping[str, Any
     Args:
         cohort_table: rows that passed :func:`check_scans`.
         preprocessing: ``parameters_data_engineering.yml:preprocessing`` (grid, voxel size,
-            mask, interpolation, normalisation, ``dtype``, ``n_workers``).
+            mask, interpolation, normalisation, ``dtype``, ``n_workers``; ``registration``,
+            ``bias_correction``, ``registration_qc_min_correlation``).
 
     Returns:
         A :class:`~neurokedro.io.volume_store.LazyVolumeStore`; the dataset computes and writes
@@ -295,14 +383,23 @@ def preprocess_scans(cohort_table: pd.DataFrame, preprocessing: Mapping[str, Any
         recorded in the store's index (``preprocess_ok=False``) and in the QC table. Label maps
         of rows with a ``label_lookup`` table (e.g. MUSE's derived ROIs) are stored as tissue
         classes resampled by partial volume (:func:`~neurokedro.imaging.tissue.resample_tissue_classes`),
-        others as they are (nearest neighbour).
+        others as they are (nearest neighbour). With ``registration: affine`` each computed
+        scan is registered to MNI152 first (see :class:`ScanPreprocessor`): the index gains
+        :data:`REGISTRATION_COLUMNS`, and scans whose correlation is below
+        ``registration_qc_min_correlation`` are stored as failed (``RegistrationQCError``).
+        Every option that changes a volume is part of its cache key
+        (:func:`preprocessing_compute_params`).
     """
     p = {**PREPROCESSING_DEFAULTS, **dict(preprocessing)}
+    compute_params = preprocessing_compute_params(preprocessing)
+    if compute_params.get("registration", "none") != "none" or compute_params.get("bias_correction", "none") != "none":
+        from neurokedro.imaging.registration import require_ants
+
+        require_ants()  # here, not in every scan's worker: one clear error instead of N failed scans
     index = cohort_table.reset_index(drop=True).copy()
     index["row"] = np.arange(len(index))
     labels = [None if _is_blank(v) else str(v) for v in index["label_path"]]
     lookups = [None if _is_blank(v) else str(v) for v in index.get("label_lookup", pd.Series(None, index=index.index))]
-    compute_params = {k: p[k] for k in PREPROCESSING_DEFAULTS}
     index[CACHE_KEY] = scan_cache_keys(index, compute_params)
     meta = {
         "preprocessing": compute_params,
@@ -318,6 +415,7 @@ def preprocess_scans(cohort_table: pd.DataFrame, preprocessing: Mapping[str, Any
         meta=meta,
         compute=ScanPreprocessor([str(v) for v in index["image_path"]], labels, compute_params, lookups),
         n_workers=int(p.get("n_workers", 1)),
+        info_columns=REGISTRATION_COLUMNS if compute_params.get("registration", "none") != "none" else (),
     )
 
 
@@ -500,19 +598,29 @@ def assert_no_subject_leakage(splits: pd.DataFrame) -> None:
 def compile_qc_table(label_findings: pd.DataFrame, scan_findings: pd.DataFrame, volume_store: VolumeStore) -> pd.DataFrame:
     """One QC table of every finding: labels, scans and preprocessing failures.
 
+    A scan excluded because its registration to MNI152 failed or fell below
+    ``registration_qc_min_correlation`` is listed with check ``registration`` and its correlation
+    with the template as the value; other preprocessing failures with check ``preprocessing``.
+
     Returns:
         DataFrame with columns ``subject_id, session_id, file, check, value, message, action``.
     """
     index = volume_store.index
     failed = index.drop(volume_store.preprocessed_index.index)
-    preprocess_findings = [
-        _finding(row, row.get("image_path"), "preprocessing", "", str(row.get("preprocess_error", "")), "scan excluded")
-        for row in failed.to_dict("records")
-    ]
+    preprocess_findings = [_preprocessing_finding(row) for row in failed.to_dict("records")]
     frames = [f for f in (scan_findings, label_findings, pd.DataFrame(preprocess_findings, columns=QC_COLUMNS)) if not f.empty]
     if not frames:
         return pd.DataFrame(columns=QC_COLUMNS)
     return pd.concat(frames, ignore_index=True)[QC_COLUMNS]
+
+
+def _preprocessing_finding(row: Mapping[str, Any]) -> dict[str, Any]:
+    error = str(row.get("preprocess_error", ""))
+    if error.startswith(_REGISTRATION_CHECK_ERRORS):
+        correlation = pd.to_numeric(pd.Series([row.get("registration_correlation")]), errors="coerce").iloc[0]
+        value = "" if pd.isna(correlation) else f"{float(correlation):.3f}"
+        return _finding(row, row.get("image_path"), "registration", value, error, "scan excluded")
+    return _finding(row, row.get("image_path"), "preprocessing", "", error, "scan excluded")
 
 
 def summarise_intensities(volume_store: VolumeStore) -> pd.DataFrame:
@@ -520,3 +628,74 @@ def summarise_intensities(volume_store: VolumeStore) -> pd.DataFrame:
     (:func:`neurokedro.imaging.intensity.intensity_statistics`): the training cohort's are the
     reference against which the predict pipeline flags out-of-distribution new scans."""
     return intensity_statistics(volume_store.images, volume_store.preprocessed_index["row"].to_numpy(int))
+
+
+def plot_registration_qc(volume_store: VolumeStore, preprocessing: Mapping[str, Any]) -> dict[str, Callable[[], Any]]:
+    """One registration QC figure per registered scan: the scan in MNI space with the contour of
+    the template's brain mask (sagittal, coronal and axial slices through the mask's centre),
+    titled with its correlation with the template and whether it passed
+    ``registration_qc_min_correlation``.
+
+    Scans that failed the check are drawn too (that is where the figure helps); scans whose
+    registration raised have no transform and no figure (their error is in the QC table). The
+    figures are drawn one at a time when the ``PartitionedDataset`` saves them (lazy saving),
+    from the original scan and the transform in the store's index: raw intensities, resampled
+    once onto the 2 mm template grid.
+
+    Args:
+        volume_store: the store (index columns ``image_path``, ``subject_id``, ``session_id``,
+            ``registration_transform``, ``registration_correlation``).
+        preprocessing: ``parameters_data_engineering.yml:preprocessing``.
+
+    Returns:
+        ``{"<subject>_<session>": callable returning a matplotlib Figure}``; empty when
+        ``registration`` is ``none``.
+    """
+    options = registration_options(preprocessing)
+    index = volume_store.index
+    if options["registration"] == "none" or "registration_transform" not in index:
+        return {}
+    figures: dict[str, Callable[[], Any]] = {}
+    for row in index.to_dict("records"):
+        if _is_blank(row.get("registration_transform")):
+            continue
+        session = "" if _is_blank(row.get("session_id")) else str(row["session_id"])
+        name = str(row["subject_id"]) + (f"_{session}" if session else "")
+        key = re.sub(r"[^A-Za-z0-9._-]+", "-", name)
+        figures[key] = partial(_registration_figure, str(row["image_path"]), str(row["registration_transform"]),
+                               float(row["registration_correlation"]), options["registration_qc_min_correlation"],
+                               name.replace("_", " "))
+    return figures
+
+
+def _registration_figure(image_path: str, transform_json: str, correlation: float, threshold: float, title: str) -> Any:
+    """The QC figure of one scan (a matplotlib Figure of ~600x220 px at 80 dpi)."""
+    from matplotlib.figure import Figure
+
+    from neurokedro.imaging.registration import mni152_template, move_to_template
+    from neurokedro.imaging.spatial import resample_to_grid
+
+    template, mask = mni152_template()
+    brain = np.asarray(mask.dataobj) > 0
+    image = nib.load(image_path)
+    image = nib.Nifti1Image(np.asarray(image.get_fdata(dtype=np.float32)), image.affine)
+    moved = move_to_template(image, np.asarray(json.loads(transform_json), dtype=float))
+    data = resample_to_grid(moved, template.affine, template.shape, "linear").get_fdata(dtype=np.float32)
+    inside = data[brain]
+    low, high = np.percentile(inside, [1, 99.5]) if inside.size else (0.0, 1.0)
+    centre = np.round(np.argwhere(brain).mean(axis=0)).astype(int)
+    passed = correlation >= threshold
+    figure = Figure(figsize=(7.5, 2.8))
+    axes = figure.subplots(1, 3)
+    for ax, axis, name in zip(axes, range(3), ("sagittal", "coronal", "axial")):
+        cut = [slice(None)] * 3
+        cut[axis] = int(centre[axis])
+        ax.imshow(data[tuple(cut)].T, origin="lower", cmap="gray", vmin=low, vmax=high if high > low else low + 1)
+        ax.contour(brain[tuple(cut)].T.astype(float), levels=[0.5], colors="red" if not passed else "yellow", linewidths=0.8)
+        ax.set_title(name, fontsize=8)
+        ax.axis("off")
+    verdict = "passed" if passed else "FAILED: scan excluded"
+    figure.suptitle(f"{title}: r = {correlation:.3f} vs threshold {threshold:g} ({verdict})", fontsize=9,
+                    color="black" if passed else "red")
+    figure.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=0.82, wspace=0.03)
+    return figure

@@ -7,6 +7,7 @@ from neurokedro.pipelines.data_engineering.nodes import (
     check_scans,
     compile_qc_table,
     encode_labels,
+    plot_registration_qc,
     preprocess_scans,
     split_by_subject,
     summarise_intensities,
@@ -14,8 +15,9 @@ from neurokedro.pipelines.data_engineering.nodes import (
 
 
 def preparation_pipeline() -> Pipeline:
-    """Cohort table -> labels -> QC -> volume store -> QC table: what every cohort goes through,
-    for training and for prediction alike (the predict pipeline reuses it in its namespace)."""
+    """Cohort table -> labels -> QC -> volume store -> QC table (and, with registration to MNI152,
+    one QC figure per scan): what every cohort goes through, for training and for prediction alike
+    (the predict pipeline reuses it in its namespace)."""
     return pipeline(
         [
             node(build_cohort_table, "params:cohort", "cohort_table", name="build_cohort_table"),
@@ -24,6 +26,9 @@ def preparation_pipeline() -> Pipeline:
             node(preprocess_scans, ["qc_passed_cohort", "params:preprocessing"], "volume_store", name="preprocess_scans"),
             node(compile_qc_table, ["label_findings", "scan_findings", "volume_store"], "qc_table", name="compile_qc_table"),
             node(summarise_intensities, "volume_store", "intensity_statistics", name="summarise_intensities"),
+            # Only draws with preprocessing.registration: affine (an empty folder otherwise).
+            node(plot_registration_qc, ["volume_store", "params:preprocessing"], "registration_qc_figures",
+                 name="plot_registration_qc"),
         ]
     )
 
