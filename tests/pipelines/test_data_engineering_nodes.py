@@ -493,3 +493,59 @@ def resample_like(image, affine, shape=(16, 16, 16)):
     from neurokedro.imaging.spatial import resample_to_grid
 
     return resample_to_grid(image, affine, shape, "linear").get_fdata(dtype=np.float32)
+
+
+def _series_cohort(tmp_path, volumes=(6, 6, 6, 3)):
+    """Tiny synthetic 4D series (a head whose intensity drifts over time), one per subject."""
+    rows = []
+    for i, n in enumerate(volumes):
+        image, _ = make_head(shape=(12, 12, 12), seed=i)
+        data = np.asarray(image.dataobj, np.float32)
+        series = np.stack([data * (1 + 0.05 * np.sin(t)) for t in range(n)], axis=-1)
+        path = tmp_path / f"sub-{i}_bold.nii.gz"
+        nib.save(nib.Nifti1Image(series, image.affine), path)
+        rows.append({"subject_id": f"sub-{i}", "session_id": "1", "image_path": str(path), "label_path": None,
+                     "age": str(20 + 10 * i), "sex": "MF"[i % 2], "site": "A", "split": None})
+    return pd.DataFrame(rows)
+
+
+def test_time_points_store_4d_series_as_channels_and_short_series_are_qc_findings(tmp_path):
+    table, label_findings = encode_labels(_series_cohort(tmp_path), LABELS)
+    # Without time_points a series is not a scan: every row is a dimensionality finding.
+    with pytest.raises(EmptyCohortError, match="dimensionality"):
+        check_scans(table)
+    params = {"grid_shape": [8, 8, 8], "voxel_size_mm": 3.0, "time_points": 4}
+    passed, scan_findings = check_scans(table, params)
+    assert passed["subject_id"].tolist() == ["sub-0", "sub-1", "sub-2"]
+    short = scan_findings.set_index("subject_id").loc["sub-3"]
+    assert (short["check"], short["value"]) == ("time_points", "3 volumes")
+    assert short["file"].endswith("sub-3_bold.nii.gz") and "4" in short["message"]
+
+    dataset = VolumeStoreDataset(filepath=str(tmp_path / "store"))
+    dataset.save(preprocess_scans(passed, params))
+    store = dataset.load()
+    assert store.images.shape == (3, 4, 8, 8, 8) and store.images.dtype == np.float32
+    first = np.asarray(store.images[0])
+    brain = first[0] != 0
+    # One mask for every time point, and the drift over time survives the joint normalisation.
+    assert all(np.array_equal(first[t] != 0, brain) for t in range(4))
+    means = [float(first[t][brain].mean()) for t in range(4)]
+    assert means[1] > means[0] and means[3] < means[2]
+    qc = compile_qc_table(label_findings, scan_findings, store)
+    assert qc["check"].tolist() == ["time_points"]
+
+
+def test_time_points_enter_the_cache_key_and_none_keeps_the_old_keys(tmp_path):
+    index = _series_cohort(tmp_path, volumes=(6,))
+    keys = {t: nodes.scan_cache_keys(index, nodes.preprocessing_compute_params({"time_points": t}))[0] for t in (None, 2, 4)}
+    assert len(set(keys.values())) == 3
+    assert "time_points" not in nodes.preprocessing_compute_params({"time_points": None})  # old stores keep their keys
+    assert preprocess_scans(index, {"time_points": 4}).index[nodes.CACHE_KEY][0] == keys[4]
+    with pytest.raises(ValueError, match="registration"):
+        nodes.preprocessing_compute_params({"time_points": 4, "registration": "affine"})
+
+
+def test_check_scans_refuses_a_meaningless_time_points(tmp_path):
+    table, _ = encode_labels(_series_cohort(tmp_path, volumes=(2,)), LABELS)
+    with pytest.raises(ValueError, match="time_points"):
+        check_scans(table, {"time_points": 0})

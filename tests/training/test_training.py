@@ -202,3 +202,27 @@ def test_segmentation_fit_learns_tissue_from_intensity():
     assert probabilities.shape == (4, 4, 16, 16, 16)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-4)
     assert (probabilities.argmax(axis=1) == labels[8:, 0]).mean() > 0.9
+
+
+def test_augmentation_and_test_time_flip_move_every_channel_of_a_series_alike():
+    """A 4D series is stored as C = T channels: a flip or an affine must move every time point
+    the same way, so the channels stay on one anatomy."""
+    rng = np.random.default_rng(0)
+    anatomy = rng.normal(0, 1, (8, 8, 8)).astype(np.float32)
+    series = np.stack([anatomy * (1 + 0.1 * t) for t in range(5)])[None]  # (1, T=5, D, H, W)
+    flip = build_augmentation({"flip_prob": 1.0})
+    x, _ = VolumeDataset(series, [0], np.zeros(1, np.float32), flip)[0]
+    assert x.shape == (5, 8, 8, 8)
+    np.testing.assert_allclose(x.numpy(), series[0, :, ::-1], rtol=1e-6)
+    affine = build_augmentation({"affine_prob": 1.0, "rotate_deg": 10, "noise_prob": 0.0, "intensity_prob": 1.0})
+    xa, _ = VolumeDataset(series, [0], np.zeros(1, np.float32), affine)[0]
+    assert xa.shape == (5, 8, 8, 8)
+    # Every time point is the same resampled anatomy, scaled as before: channel t / channel 0 = 1 + 0.1 t.
+    inside = xa[0].abs() > 1e-3
+    for t in range(5):
+        np.testing.assert_allclose(xa[t][inside] / xa[0][inside], 1 + 0.1 * t, rtol=1e-4)
+
+    model = nn.Sequential(nn.Flatten(1), nn.Linear(5 * 512, 1))
+    mirrored = np.ascontiguousarray(series[:, :, ::-1])
+    np.testing.assert_allclose(predict(model, series, np.arange(1), flip_average=True),
+                               predict(model, mirrored, np.arange(1), flip_average=True), rtol=1e-5)

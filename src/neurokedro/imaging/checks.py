@@ -9,7 +9,7 @@ import numpy as np
 PLAUSIBLE_VOXEL_MM = (0.1, 20.0)
 
 
-def image_findings(img: nib.spatialimages.SpatialImage) -> list[tuple[str, str, str]]:
+def image_findings(img: nib.spatialimages.SpatialImage, time_points: int | None = None) -> list[tuple[str, str, str]]:
     """List what is wrong with a loaded image, with the offending value.
 
     Reads the voxel data once (so truncated compressed files fail here, not during training).
@@ -17,20 +17,29 @@ def image_findings(img: nib.spatialimages.SpatialImage) -> list[tuple[str, str, 
     Args:
         img: a NIfTI (or other nibabel spatial) image expected to be one 3D volume; a 4D
             image with a single volume is accepted.
+        time_points: ``None`` (one 3D volume expected) or T >= 1: a 4D series ``(X, Y, Z, V)``
+            of at least T volumes (time points) is expected instead; fewer volumes (a 3D image
+            counts as one) is a ``"time_points"`` finding.
 
     Returns:
         ``[(check, value, message), ...]``: empty when the image is usable. ``check`` is one of
-        ``"dimensionality"``, ``"affine"``, ``"voxel_size"``, ``"unreadable"``, ``"non_finite"``,
-        ``"empty"``; ``value`` is what was found (a shape, voxel sizes in mm, a count ...) and
-        ``message`` says what is wrong in words.
+        ``"dimensionality"``, ``"time_points"``, ``"affine"``, ``"voxel_size"``,
+        ``"unreadable"``, ``"non_finite"``, ``"empty"``; ``value`` is what was found (a shape,
+        voxel sizes in mm, a count ...) and ``message`` says what is wrong in words.
     """
     problems: list[tuple[str, str, str]] = []
-    shape = tuple(int(s) for s in img.shape)
-    if len(shape) == 4 and shape[3] == 1:
-        shape = shape[:3]
+    found = tuple(int(s) for s in img.shape)
+    shape = found[:3] if len(found) == 4 and (found[3] == 1 or time_points is not None) else found
     if len(shape) != 3:
-        return [("dimensionality", str(tuple(int(s) for s in img.shape)),
-                 f"expected one 3D volume, got shape {tuple(int(s) for s in img.shape)}")]
+        return [("dimensionality", str(found),
+                 f"expected one 3D volume, got shape {found}"
+                 + (" (a 4D series needs preprocessing.time_points)" if len(found) == 4 else ""))]
+    if time_points is not None:
+        n_volumes = found[3] if len(found) == 4 else 1
+        if n_volumes < int(time_points):
+            return [("time_points", f"{n_volumes} volumes",
+                     f"the series has {n_volumes} volume(s) (shape {found}); preprocessing.time_points asks for "
+                     f"the first {int(time_points)}")]
     affine = np.asarray(img.affine, dtype=float)
     if not np.all(np.isfinite(affine)):
         return [("affine", "not finite", "the affine holds NaN/Inf values")]
@@ -64,9 +73,9 @@ def image_findings(img: nib.spatialimages.SpatialImage) -> list[tuple[str, str, 
     return problems
 
 
-def image_problems(img: nib.spatialimages.SpatialImage) -> list[tuple[str, str]]:
+def image_problems(img: nib.spatialimages.SpatialImage, time_points: int | None = None) -> list[tuple[str, str]]:
     """:func:`image_findings` without the values: ``[(check, message), ...]``, empty when usable."""
-    return [(check, message) for check, _, message in image_findings(img)]
+    return [(check, message) for check, _, message in image_findings(img, time_points)]
 
 
 def grids_match(a: nib.spatialimages.SpatialImage, b: nib.spatialimages.SpatialImage, atol_mm: float = 1e-3) -> bool:

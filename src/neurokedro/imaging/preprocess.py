@@ -19,6 +19,7 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+from nilearn.image import mean_img
 
 from neurokedro.imaging.checks import grids_match
 from neurokedro.imaging.intensity import normalise_intensity
@@ -79,7 +80,7 @@ def preprocess_scan(
     transform: np.ndarray | None = None,
 ) -> PreprocessedVolume:
     """Reorient, (bias-correct,) (move to MNI space,) mask, crop, resample and normalise one
-    T1-weighted scan.
+    T1-weighted scan, or the first volumes of a 4D series.
 
     Steps: reorient to RAS (``nibabel.as_closest_canonical``); with ``bias_correction: n4``,
     N4 (:func:`~neurokedro.imaging.registration.n4_bias_correction`); with a ``transform``
@@ -93,13 +94,19 @@ def preprocess_scan(
     exact): the only interpolation of the raw voxels; normalisation inside the brain mask, 0
     outside (the brain extraction).
 
+    With ``time_points: T`` a 4D series ``(X, Y, Z, V)`` (e.g. BOLD fMRI, V >= T volumes) is
+    accepted: its first T volumes get the same spatial steps (one mask and one grid, from their
+    mean image, so every time point is on the same voxels) and are normalised together (one
+    mean and sd over all T volumes inside the mask, so signal changes over time are kept), and
+    are returned as T channels.
+
     Args:
-        image: the T1-weighted image (3D, any orientation).
+        image: the T1-weighted image (3D, any orientation), or with ``time_points`` a 4D series.
         label: optional label map on the image's grid.
         params: overrides of :data:`DEFAULTS` (``mask``, ``grid_shape``, ``voxel_size_mm``,
-            ``margin_mm``, ``interpolation``, ``normalisation``, ``clip``) and of
+            ``margin_mm``, ``interpolation``, ``normalisation``, ``clip``), of
             :data:`REGISTRATION_DEFAULTS` (``bias_correction``; ``registration`` is implied by
-            ``transform``).
+            ``transform``) and ``time_points`` (None: one 3D volume; T: a 4D series).
         keep_label: resample the label map onto the grid and return it; False uses it for the
             brain mask only (when the caller maps it to the grid another way, e.g.
             :func:`~neurokedro.imaging.tissue.resample_tissue_classes`), saving a resampling.
@@ -107,13 +114,15 @@ def preprocess_scan(
             :func:`~neurokedro.imaging.registration.register_to_template`, or None (scanner space).
 
     Returns:
-        :class:`~neurokedro.io.volume_store.PreprocessedVolume`: image float32 ``(1, D, H, W)``,
-        affine (4, 4) of the grid (MNI mm with a transform, scanner mm without), label int16
-        ``(D, H, W)`` or ``None``.
+        :class:`~neurokedro.io.volume_store.PreprocessedVolume`: image float32 ``(C, D, H, W)``
+        (C = 1, or T time points), affine (4, 4) of the grid (MNI mm with a transform, scanner mm
+        without), label int16 ``(D, H, W)`` or ``None``.
 
     Raises:
-        ValueError: if the label map's grid differs from the image's, the mask is empty, or
-            ``mask: template`` is asked for without a transform.
+        ValueError: if the label map's grid differs from the image's, the mask is empty,
+            ``mask: template`` is asked for without a transform, the image is not one 3D volume
+            (without ``time_points``) or has fewer than ``time_points`` volumes, or a series is
+            to be registered or bias-corrected (both are for 3D scans).
     """
     p = {**DEFAULTS, **dict(params or {})}
     options = registration_options(params)
@@ -121,7 +130,11 @@ def preprocess_scan(
         raise ValueError(
             f"label map grid {tuple(label.shape)} does not match image grid {tuple(image.shape)} (shape or affine)"
         )
-    image = reorient_to_ras(image)
+    series = _first_volumes(image, p.get("time_points"))
+    if series is not None and (transform is not None or options["bias_correction"] != "none"):
+        raise ValueError("a 4D series (preprocessing.time_points) is preprocessed in its own space; registration "
+                         "and bias_correction are for 3D scans")
+    image = reorient_to_ras(image if series is None else series)
     label = reorient_to_ras(label) if label is not None else None
     if options["bias_correction"] == "n4":
         from neurokedro.imaging.registration import n4_bias_correction
@@ -138,15 +151,39 @@ def preprocess_scan(
             mask = brain_mask(image, label, method=p["mask"])
     elif p["mask"] == "template":
         raise ValueError("mask 'template' (the MNI152 brain mask) needs registration: affine")
-    else:
-        mask = brain_mask(image, label, method=p["mask"])
+    else:  # a series' mask: from its mean image, one for every time point
+        mask = brain_mask(image if series is None else mean_img(image, copy_header=True), label, method=p["mask"])
     shape = tuple(int(s) for s in p["grid_shape"])
     voxel = p["voxel_size_mm"]
     affine = crop_grid(mask, shape, None if voxel is None else float(voxel), float(p["margin_mm"]))
     data = resample_to_grid(image, affine, shape, p["interpolation"]).get_fdata(dtype=np.float32)
     grid_mask = np.asarray(resample_to_grid(mask, affine, shape, "nearest").dataobj) > 0
-    data = normalise_intensity(data, grid_mask, p["normalisation"], p["clip"])
+    if series is not None:
+        # (D, H, W, T) -> (T, D, H, W), normalised with one mean and sd over every time point.
+        data = np.moveaxis(data if data.ndim == 4 else data[..., None], -1, 0)  # one volume: squeezed to 3D on reorienting
+        data = normalise_intensity(data, np.broadcast_to(grid_mask, data.shape), p["normalisation"], p["clip"])
+    else:
+        data = normalise_intensity(data, grid_mask, p["normalisation"], p["clip"])[None]
     grid_label = None
     if label is not None and keep_label:
         grid_label = np.asarray(resample_to_grid(label, affine, shape, "nearest").dataobj).astype(np.int16)
-    return PreprocessedVolume(image=data[None], affine=affine, label=grid_label)
+    return PreprocessedVolume(image=data, affine=affine, label=grid_label)
+
+
+def _first_volumes(image: nib.spatialimages.SpatialImage, time_points: int | None) -> nib.Nifti1Image | None:
+    """The first ``time_points`` volumes of a series as a 4D image, or None without ``time_points``.
+
+    Raises:
+        ValueError: if the image is 4D without ``time_points``, or has fewer volumes than asked.
+    """
+    shape = tuple(int(s) for s in image.shape)
+    if time_points is None:
+        if len(shape) == 4 and shape[3] > 1:
+            raise ValueError(f"expected one 3D volume, got a {shape} series; set preprocessing.time_points to use it")
+        return None
+    n_volumes = shape[3] if len(shape) == 4 else 1
+    if n_volumes < int(time_points):
+        raise ValueError(f"the series has {n_volumes} volume(s); preprocessing.time_points asks for {int(time_points)}")
+    if len(shape) == 3:
+        return nib.Nifti1Image(np.asanyarray(image.dataobj)[..., None], image.affine)
+    return image.slicer[..., : int(time_points)]

@@ -130,16 +130,21 @@ def _is_blank(value: Any) -> bool:
     return value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() == ""
 
 
-def check_scans(cohort_table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+def check_scans(
+    cohort_table: pd.DataFrame, preprocessing: Mapping[str, Any] | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Quality-check every scan; exclude the unusable ones and say why.
 
     Checks: missing file, unreadable or truncated NIfTI (or a header declaring more voxels than
     the file holds), not 3D, singular affine or implausible voxel size, NaN/Inf voxels, constant
     (e.g. all-zero) image, label map missing, unreadable or on another grid, missing subject id,
-    duplicate (subject, session). Each finding carries the offending value.
+    duplicate (subject, session). Each finding carries the offending value. With
+    ``preprocessing.time_points: T``, 4D series are expected instead of 3D scans, and a series
+    of fewer than T volumes is a ``time_points`` finding.
 
     Args:
         cohort_table: table from :func:`encode_labels`.
+        preprocessing: the preprocessing parameters; only ``time_points`` is read here.
 
     Returns:
         ``(passed, findings)``: the rows that passed (``label_path`` set to None where only the
@@ -148,7 +153,10 @@ def check_scans(cohort_table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]
     Raises:
         EmptyCohortError: if no scan passed; the message lists the findings (the run stops
             before the QC table is saved).
+        ValueError: if ``time_points`` is not null or a positive integer.
     """
+    time_points = (preprocessing or {}).get("time_points")
+    time_points = None if time_points is None else _time_points(time_points)
     findings: list[dict[str, Any]] = []
     keep: list[bool] = []
     table = cohort_table.copy()
@@ -164,7 +172,7 @@ def check_scans(cohort_table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]
                                      "duplicate subject/session id; the first occurrence is kept", "scan excluded"))
             keep.append(False)
             continue
-        problems, image = _load_and_check(path)
+        problems, image = _load_and_check(path, time_points=time_points)
         for check, value, message in problems:
             findings.append(_finding(row, path, check, value, message, "scan excluded"))
         keep.append(not problems)
@@ -184,6 +192,17 @@ def check_scans(cohort_table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]
     _require_usable_scans(passed, table, findings_table)
     logger.info("QC: %d of %d scans passed", len(passed), len(table))
     return passed, findings_table
+
+
+def _time_points(value: Any) -> int:
+    """``preprocessing.time_points`` as an int.
+
+    Raises:
+        ValueError: if it is not an integer >= 1.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"preprocessing.time_points must be null or an integer >= 1, got {value!r}")
+    return int(value)
 
 
 def _require_usable_scans(passed: pd.DataFrame, checked: pd.DataFrame, findings: pd.DataFrame, n_listed: int = 10) -> None:
@@ -213,8 +232,11 @@ def _require_usable_scans(passed: pd.DataFrame, checked: pd.DataFrame, findings:
     )
 
 
-def _load_and_check(path: Any, expect_content: bool = True) -> tuple[list[tuple[str, str, str]], Any]:
-    """``([(check, value, message), ...], image)`` of the NIfTI at ``path`` (image None when unreadable)."""
+def _load_and_check(
+    path: Any, expect_content: bool = True, time_points: int | None = None
+) -> tuple[list[tuple[str, str, str]], Any]:
+    """``([(check, value, message), ...], image)`` of the NIfTI at ``path`` (image None when
+    unreadable); ``time_points`` as for :func:`~neurokedro.imaging.checks.image_findings`."""
     if _is_blank(path) or not Path(str(path)).is_file():
         return [("missing_file", "not found", f"file not found: {path}")], None
     try:
@@ -224,7 +246,7 @@ def _load_and_check(path: Any, expect_content: bool = True) -> tuple[list[tuple[
     oversized = _declared_size_problem(img, str(path))
     if oversized:
         return [oversized], None
-    problems = image_findings(img)
+    problems = image_findings(img, time_points=time_points)
     if not expect_content:
         problems = [p for p in problems if p[0] != "empty"]
     return problems, img
@@ -344,14 +366,16 @@ def preprocessing_compute_params(preprocessing: Mapping[str, Any]) -> dict[str, 
     and what the store's metadata records.
 
     :data:`~neurokedro.imaging.preprocess.DEFAULTS` always; the raw-scan options
-    (:data:`~neurokedro.imaging.preprocess.REGISTRATION_DEFAULTS`) only where they differ from
-    their defaults, so a store written without them keeps its keys (and its cache); with
+    (:data:`~neurokedro.imaging.preprocess.REGISTRATION_DEFAULTS`) and ``time_points`` only where
+    they differ from their defaults (None for ``time_points``), so a store written without them
+    keeps its keys (and its cache); with
     ``registration: affine`` also the QC threshold (it decides which scans are excluded), the
     registration's seed and
     :data:`~neurokedro.imaging.registration.REGISTRATION_CODE_VERSION`.
 
     Raises:
-        ValueError: for an unknown ``registration`` or ``bias_correction``.
+        ValueError: for an unknown ``registration`` or ``bias_correction``, a ``time_points``
+            that is not a positive integer, or ``time_points`` with registration or bias correction.
     """
     p = {**PREPROCESSING_DEFAULTS, **dict(preprocessing)}
     options = registration_options(preprocessing)
@@ -359,6 +383,11 @@ def preprocessing_compute_params(preprocessing: Mapping[str, Any]) -> dict[str, 
     for key in ("registration", "bias_correction"):
         if options[key] != REGISTRATION_DEFAULTS[key]:
             params[key] = options[key]
+    if p.get("time_points") is not None:
+        params["time_points"] = _time_points(p["time_points"])
+        if options["registration"] != "none" or options["bias_correction"] != "none":
+            raise ValueError("preprocessing.time_points (4D series) cannot be combined with registration or "
+                             "bias_correction, which are for 3D scans")
     if options["registration"] != "none":
         from neurokedro.imaging.registration import REGISTRATION_CODE_VERSION
 
@@ -375,7 +404,8 @@ def preprocess_scans(cohort_table: pd.DataFrame, preprocessing: Mapping[str, Any
         cohort_table: rows that passed :func:`check_scans`.
         preprocessing: ``parameters_data_engineering.yml:preprocessing`` (grid, voxel size,
             mask, interpolation, normalisation, ``dtype``, ``n_workers``; ``registration``,
-            ``bias_correction``, ``registration_qc_min_correlation``).
+            ``bias_correction``, ``registration_qc_min_correlation``; ``time_points``: with T,
+            each row is a 4D series stored as T channels).
 
     Returns:
         A :class:`~neurokedro.io.volume_store.LazyVolumeStore`; the dataset computes and writes
@@ -408,7 +438,7 @@ def preprocess_scans(cohort_table: pd.DataFrame, preprocessing: Mapping[str, Any
     }
     return LazyVolumeStore(
         index=index,
-        n_channels=1,
+        n_channels=int(compute_params.get("time_points", 1)),
         grid_shape=tuple(int(s) for s in p["grid_shape"]),
         dtype=str(p.get("dtype", "float32")),
         with_labels=any(labels),

@@ -22,7 +22,8 @@ def preparation_pipeline() -> Pipeline:
         [
             node(build_cohort_table, "params:cohort", "cohort_table", name="build_cohort_table"),
             node(encode_labels, ["cohort_table", "params:labels"], ["labelled_cohort", "label_findings"], name="encode_labels"),
-            node(check_scans, "labelled_cohort", ["qc_passed_cohort", "scan_findings"], name="check_scans"),
+            node(check_scans, ["labelled_cohort", "params:preprocessing"], ["qc_passed_cohort", "scan_findings"],
+                 name="check_scans"),
             node(preprocess_scans, ["qc_passed_cohort", "params:preprocessing"], "volume_store", name="preprocess_scans"),
             node(compile_qc_table, ["label_findings", "scan_findings", "volume_store"], "qc_table", name="compile_qc_table"),
             node(summarise_intensities, "volume_store", "intensity_statistics", name="summarise_intensities"),
@@ -33,10 +34,21 @@ def preparation_pipeline() -> Pipeline:
     )
 
 
-def create_pipeline(**kwargs) -> Pipeline:
-    """:func:`preparation_pipeline`, then the subject-grouped test/fold split."""
-    return pipeline(
-        preparation_pipeline()
-        + pipeline([node(split_by_subject, ["volume_store", "params:split"], "splits", name="split_by_subject")]),
-        tags=["data_engineering"],
+def create_pipeline(namespace: str | None = None, **kwargs) -> Pipeline:
+    """:func:`preparation_pipeline`, then the subject-grouped test/fold split.
+
+    Args:
+        namespace: None for the shared data engineering (``params:cohort``,
+            ``params:preprocessing``, ``params:split`` -> ``volume_store``, ``splits``,
+            ``qc_table``). A task with its own cohort (``Task.own_cohort``) gets it in its
+            namespace instead: ``params:<namespace>.cohort``, ``.preprocessing`` and ``.split``
+            -> ``<namespace>.volume_store``, ``.splits``, ``.qc_table``, ...; the label
+            parameters (``params:labels``) stay shared.
+    """
+    template = preparation_pipeline() + pipeline(
+        [node(split_by_subject, ["volume_store", "params:split"], "splits", name="split_by_subject")]
     )
+    if namespace is None:
+        return pipeline(template, tags=["data_engineering"])
+    return pipeline(template, namespace=namespace, parameters={"params:labels": "params:labels"},
+                    tags=["data_engineering", namespace])
