@@ -178,3 +178,18 @@ def test_adapters_are_registered_cohort_plugins(name, cls):
     # The installed metadata has it once the project is (re)installed (`pip install -e .`).
     if name in plugins.names("cohorts"):
         assert plugins.get("cohorts", name) is adapter
+
+
+def test_datatype_selects_another_bids_folder_such_as_func_bold_series(tmp_path):
+    root = tmp_path / "ds_func"
+    _tsv(root / "participants.tsv", "participant_id\tage\tsex\nsub-01\t34\tM\nsub-02\t61\tF\n")
+    _scan(root, "sub-01/anat/sub-01_T1w.nii.gz")
+    _scan(root, "sub-01/func/sub-01_task-rest_bold.nii.gz")
+    _scan(root, "sub-02/ses-01/func/sub-02_ses-01_task-rest_run-1_bold.nii.gz")
+    table = BidsCohort(data_root=str(root), suffix="bold", datatype="func").build()
+    assert table["subject_id"].tolist() == ["sub-01", "sub-02"]
+    assert table["session_id"].tolist() == ["task-rest", "ses-01_task-rest_run-1"]
+    assert all("/func/" in p for p in table["image_path"])
+    assert table["age"].tolist() == ["34", "61"]
+    with pytest.raises(DataRootError, match="func"):
+        BidsCohort(data_root=str(root), suffix="bold", datatype="dwi").build()

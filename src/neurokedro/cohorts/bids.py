@@ -12,13 +12,15 @@ Example (``conf/<env>/parameters_data_engineering.yml``)::
         sex_column: sex
         site_column: null                    # null: participants.tsv's `site` column, else the folder name
         suffix: T1w
+        datatype: anat                       # the BIDS data-type folder: anat, func (e.g. suffix bold), dwi
         # optional label map on each image's grid, e.g. a derivatives segmentation:
         label_template: derivatives/synthseg/{dir}/{entities}_dseg.nii.gz
 
 What becomes a row:
 
 - every ``sub-<label>/anat/sub-<label>[_<key>-<value>...]_<suffix>.nii[.gz]`` and
-  ``sub-<label>/ses-<label>/anat/...`` file is one row (one scan);
+  ``sub-<label>/ses-<label>/anat/...`` file is one row (one scan); ``datatype`` names another
+  data-type folder than ``anat`` (``func`` for BOLD series, ``sub-01_task-rest_bold.nii.gz``);
 - ``subject_id`` is the ``sub-<label>`` entity (``sub-01``), shared by all of a subject's scans;
   the split node groups by it, so no subject straddles train and test;
 - ``session_id`` is the scan's entities after ``sub-``: ``ses-01`` for a plain session,
@@ -104,6 +106,8 @@ class BidsCohort(CohortAdapter):
         site_column: site column of ``participants.tsv``; ``None`` uses a ``site`` column when
             there is one, else the dataset folder's name.
         suffix: the BIDS suffix of the images (``T1w``; ``T2w`` would select T2-weighted ones).
+        datatype: the BIDS data-type folder the images are in: ``anat`` (default), ``func``
+            (with ``suffix: bold``: BOLD fMRI series), ``dwi``, ...
         label_template: optional ``str.format`` template of a label map on the image's grid,
             relative to ``data_root`` unless absolute. Fields: ``subject`` (``sub-01``),
             ``session`` (``ses-01`` or ``""``), ``sub``/``ses``/``run``... (entity values, ``""``
@@ -128,6 +132,7 @@ class BidsCohort(CohortAdapter):
         site_column: str | None = None,
         suffix: str = "T1w",
         label_template: str | None = None,
+        datatype: str = "anat",
     ) -> None:
         self.data_root = data_root
         self.data_root_env = data_root_env
@@ -137,6 +142,7 @@ class BidsCohort(CohortAdapter):
         self.site_column = site_column
         self.suffix = suffix
         self.label_template = label_template
+        self.datatype = datatype
         self._name_pattern = re.compile(
             rf"^(?P<entities>sub-[A-Za-z0-9]+(?:_[A-Za-z0-9]+-[A-Za-z0-9]+)*)_{re.escape(suffix)}\.nii(?:\.gz)?$"
         )
@@ -194,12 +200,13 @@ class BidsCohort(CohortAdapter):
 
     def _scans(self, root: Path) -> list[tuple[Path, dict[str, str]]]:
         found = []
-        for pattern in (f"sub-*/anat/*_{self.suffix}.nii*", f"sub-*/ses-*/anat/*_{self.suffix}.nii*"):
+        for pattern in (f"sub-*/{self.datatype}/*_{self.suffix}.nii*", f"sub-*/ses-*/{self.datatype}/*_{self.suffix}.nii*"):
             found += [(path, _entities(match["entities"])) for path, match in find_images(root, pattern, self._name_pattern)]
         if not found:
             raise DataRootError(
-                f"No BIDS {self.suffix} images (sub-*/[ses-*/]anat/sub-*_{self.suffix}.nii[.gz]) under {str(root)!r}. "
-                "Check cohort.bids.data_root (the dataset folder, holding the sub-* folders) and cohort.bids.suffix."
+                f"No BIDS {self.suffix} images (sub-*/[ses-*/]{self.datatype}/sub-*_{self.suffix}.nii[.gz]) under "
+                f"{str(root)!r}. Check cohort.bids.data_root (the dataset folder, holding the sub-* folders), "
+                "cohort.bids.suffix and cohort.bids.datatype."
             )
         return sorted(found, key=lambda item: str(item[0].relative_to(root)))
 
