@@ -6,20 +6,28 @@ from kedro.pipeline import Pipeline
 
 from neurokedro import plugins
 from neurokedro.pipelines import data_engineering, modelling, predict, reporting, search
+from neurokedro.tasks.base import get_task
+
+
+def task_data_engineering(task_name: str) -> Pipeline:
+    """The data engineering a task reads: the shared one, or for a task with its own cohort
+    (``Task.own_cohort``) the same pipeline in the task's namespace."""
+    return data_engineering.create_pipeline(namespace=task_name if get_task(task_name).own_cohort else None)
 
 
 def task_pipeline(task_name: str) -> Pipeline:
-    """The full pipeline of one task (shared data engineering, then the task's namespace)."""
+    """The full pipeline of one task: its data engineering (:func:`task_data_engineering`), then
+    modelling and reporting in the task's namespace."""
     return (
-        data_engineering.create_pipeline()
+        task_data_engineering(task_name)
         + modelling.create_pipeline(task_name=task_name)
         + reporting.create_pipeline(task_name=task_name)
     )
 
 
 def search_pipeline(task_name: str) -> Pipeline:
-    """The random hyperparameter search of one task: data engineering, then its search node."""
-    return data_engineering.create_pipeline() + search.create_pipeline(task_name=task_name)
+    """The random hyperparameter search of one task: its data engineering, then its search node."""
+    return task_data_engineering(task_name) + search.create_pipeline(task_name=task_name)
 
 
 def register_pipelines() -> dict[str, Pipeline]:

@@ -2,14 +2,14 @@
 
 from pathlib import Path
 
-from kedro.config import OmegaConfigLoader
-
+from neurokedro.config import TaskDefaultsConfigLoader
 from neurokedro.hooks import NeuroKedroHooks
 
 # kedro-mlflow registers its own hooks through its entry point; nothing to add for it here.
 HOOKS = (NeuroKedroHooks(),)
 
-CONFIG_LOADER_CLASS = OmegaConfigLoader
+# Kedro's OmegaConfigLoader, plus the default parameters a plugin's task ships, beneath conf/.
+CONFIG_LOADER_CLASS = TaskDefaultsConfigLoader
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",

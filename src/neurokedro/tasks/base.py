@@ -62,6 +62,16 @@ class Task:
             confidence intervals (empty: every finite metric except counts).
         subgroup_metrics: the metrics broken down by sex, age band and site in the fairness
             table (empty: no breakdown).
+        own_cohort: the task trains on a cohort of its own (e.g. 4D fMRI series), not on the
+            shared T1 cohort: its pipeline prepares ``params:<name>.cohort`` with
+            ``params:<name>.preprocessing`` and ``params:<name>.split`` into
+            ``<name>.volume_store``, ``<name>.splits`` and ``<name>.qc_table`` (the label
+            parameters stay shared), so the shared volume store is never overwritten; the
+            predict pipeline, whose new scans are prepared like the shared cohort, leaves it out.
+        default_parameters: the task's parameters (the contents of ``parameters[<name>]``) for
+            a task shipped in a package that cannot add files to the project's ``conf/``.
+            :class:`neurokedro.config.TaskDefaultsConfigLoader` merges them beneath the
+            project's parameters: ``conf/`` and ``--params`` override them key by key.
     """
 
     name: str
@@ -82,6 +92,8 @@ class Task:
     accepts_pretrained: bool = False
     report_metrics: tuple[str, ...] = field(default_factory=tuple)
     subgroup_metrics: tuple[str, ...] = field(default_factory=tuple)
+    own_cohort: bool = False
+    default_parameters: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def voxelwise(self) -> bool:

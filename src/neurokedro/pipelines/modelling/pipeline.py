@@ -24,7 +24,8 @@ def create_pipeline(task_name: str, **kwargs) -> Pipeline:
     """select_task_scans -> train_model -> predict_scans -> evaluate_model in the task's namespace.
 
     For a task that accepts pretrained encoders, ``train_model`` also reads the autoencoder
-    pipeline's model (:data:`PRETRAINED_MODEL`; None until that pipeline has run).
+    pipeline's model (:data:`PRETRAINED_MODEL`; None until that pipeline has run). A task with
+    its own cohort reads its own ``<task>.volume_store`` and ``<task>.splits``.
     """
     transfer = get_task(task_name).accepts_pretrained
     train_inputs = {"volume_store": "volume_store", "task_scans": "task_scans", "model": "params:model",
@@ -43,5 +44,6 @@ def create_pipeline(task_name: str, **kwargs) -> Pipeline:
                  ["test_metrics", "cv_metrics"], name="evaluate_model"),
         ]
     )
-    inputs = {name: name for name in SHARED_INPUTS} | ({"pretrained_model": PRETRAINED_MODEL} if transfer else {})
+    shared = set() if get_task(task_name).own_cohort else SHARED_INPUTS  # else <task>.volume_store, <task>.splits
+    inputs = {name: name for name in shared} | ({"pretrained_model": PRETRAINED_MODEL} if transfer else {})
     return pipeline(template, namespace=task_name, inputs=inputs, tags=[task_name, "modelling"])

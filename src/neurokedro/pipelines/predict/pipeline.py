@@ -22,8 +22,11 @@ PREDICTABLE = ("regression", "classification", "segmentation")
 
 
 def predictable_tasks() -> list[str]:
-    """Registered tasks with per-scan outputs, in registry order."""
-    return [name for name in plugins.names("tasks") if get_task(name).kind in PREDICTABLE]
+    """Registered tasks with per-scan outputs, in registry order; not those with a cohort of
+    their own (``Task.own_cohort``: e.g. fMRI series), whose inputs the new scans, prepared like
+    the shared cohort, are not."""
+    return [name for name in plugins.names("tasks")
+            if get_task(name).kind in PREDICTABLE and not get_task(name).own_cohort]
 
 
 def create_pipeline(**kwargs) -> Pipeline:

@@ -81,5 +81,6 @@ def create_pipeline(task_name: str, **kwargs) -> Pipeline:
         node(bind_task(html.build_report, task_name), report_inputs, "report", name="build_report"),
     ])
     inputs = template.inputs()
-    return pipeline(template, namespace=task_name, inputs=SHARED_INPUTS & inputs,
+    shared = set() if get_task(task_name).own_cohort else SHARED_INPUTS  # else <task>.volume_store, <task>.qc_table
+    return pipeline(template, namespace=task_name, inputs=shared & inputs,
                     parameters={p: p for p in SHARED_PARAMETERS & inputs}, tags=[task_name, "reporting"])

@@ -1,0 +1,55 @@
+"""Configuration loading: the project's parameters over the registered tasks' own defaults.
+
+A task shipped in a plugin package cannot add a ``parameters_<task>.yml`` to the project's
+``conf/``; it ships its defaults in :attr:`neurokedro.tasks.base.Task.default_parameters`
+instead. :class:`TaskDefaultsConfigLoader` (``CONFIG_LOADER_CLASS`` in ``settings.py``) puts
+them beneath the parameters Kedro loads, so the project's ``conf/<env>/`` and ``--params``
+still override any of them, key by key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from kedro.config import OmegaConfigLoader
+
+from neurokedro import plugins
+
+
+def merge_beneath(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``defaults`` updated recursively by ``overrides``: nested mappings are merged key by key,
+    anything else (a number, a list, None) in ``overrides`` replaces the default."""
+    merged = dict(defaults)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge_beneath(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def with_task_defaults(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters with each registered task's ``default_parameters`` beneath its key.
+
+    Raises:
+        neurokedro.plugins.PluginLoadError: if a registered task fails to import.
+    """
+    from neurokedro.tasks.base import get_task  # the tasks import torch: only when parameters are read
+
+    merged = dict(parameters)
+    for name in plugins.names("tasks"):
+        defaults = get_task(name).default_parameters
+        if defaults:
+            merged[name] = merge_beneath(defaults, merged.get(name) or {})
+    return merged
+
+
+class TaskDefaultsConfigLoader(OmegaConfigLoader):
+    """Kedro's ``OmegaConfigLoader`` whose ``"parameters"`` include the registered tasks'
+    default parameters beneath the project's (see the module docstring); every other key is
+    loaded unchanged."""
+
+    def __getitem__(self, key: str) -> dict[str, Any]:
+        config = super().__getitem__(key)
+        return with_task_defaults(config) if key == "parameters" else config
