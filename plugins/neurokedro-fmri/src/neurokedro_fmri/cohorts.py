@@ -29,6 +29,10 @@ from scipy import ndimage
 
 logger = logging.getLogger(__name__)
 
+#: Longest plausible repetition time (s); a header beyond it (e.g. milliseconds labelled as seconds,
+#: as in nibabel's ``example4d.nii.gz``: 2000 "sec") is reported as unknown.
+MAX_REPETITION_TIME_S = 60.0
+
 #: Seconds per unit of a NIfTI header's time unit (``xyzt_units``).
 _SECONDS = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}
 
@@ -38,7 +42,8 @@ def series_timing(path: str | Path) -> tuple[float | None, int | None]:
 
     Returns:
         TR in seconds (the 4th voxel size in the header's time unit; None for a 3D image, a
-        missing time unit or an unreadable file) and the number of volumes (1 for a 3D image,
+        missing time unit, a TR outside (0, :data:`MAX_REPETITION_TIME_S`] s (logged with the
+        file) or an unreadable file) and the number of volumes (1 for a 3D image,
         None when unreadable). An unreadable file is left to the QC step to report.
     """
     try:
@@ -50,7 +55,11 @@ def series_timing(path: str | Path) -> tuple[float | None, int | None]:
         return None, 1
     unit = header.get_xyzt_units()[1]
     tr = float(header.get_zooms()[3]) * _SECONDS[unit] if unit in _SECONDS else None
-    return (tr if tr and tr > 0 else None), int(shape[3])
+    if tr is not None and not 0 < tr <= MAX_REPETITION_TIME_S:
+        logger.warning("%s: the header's repetition time %g s (time unit %r) is implausible; TR left unknown",
+                       path, tr, unit)
+        tr = None
+    return tr, int(shape[3])
 
 
 def _with_timing(table: pd.DataFrame) -> pd.DataFrame:
