@@ -97,3 +97,29 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def pip_install_target(tmp_path_factory):
+    """``install(source) -> site``: pip-installs the package at ``source`` (offline, no
+    dependencies, no build isolation) into a fresh ``--target`` folder and returns that folder,
+    not yet on ``sys.path``: what installing it into the environment would do, without touching
+    the environment. It builds from a copy, so that setuptools' ``build/`` and ``*.egg-info``
+    never land in the source tree."""
+    import shutil
+    import subprocess
+    import sys
+
+    def install(source: Path) -> Path:
+        root = tmp_path_factory.mktemp(source.name)
+        copy = shutil.copytree(source, root / "src", ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+        site = root / "site"
+        result = subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
+             "--disable-pip-version-check", "--no-input", "--quiet", "--target", str(site), str(copy)],
+            capture_output=True, text=True, timeout=300,
+        )
+        assert result.returncode == 0, f"pip install failed:\n{result.stdout}\n{result.stderr}"
+        return site
+
+    return install

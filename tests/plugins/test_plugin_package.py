@@ -8,8 +8,6 @@ touching the environment.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -24,26 +22,9 @@ MODULE = "neurokedro_toy_plugin"
 
 
 @pytest.fixture(scope="module")
-def toy_site(tmp_path_factory) -> Path:
+def toy_site(pip_install_target) -> Path:
     """Directory into which pip installed ``neurokedro-toy-plugin``; not yet on ``sys.path``."""
-    root = tmp_path_factory.mktemp("toy_plugin")
-    # Build from a copy so that setuptools' build/ and *.egg-info never land in the source tree.
-    source = shutil.copytree(
-        FIXTURE, root / "src", ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__")
-    )
-    site = root / "site"
-    result = subprocess.run(
-        [
-            sys.executable, "-m", "pip", "install",
-            "--no-deps", "--no-build-isolation", "--no-index",
-            "--disable-pip-version-check", "--no-input", "--quiet",
-            "--target", str(site), str(source),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, f"pip install failed:\n{result.stdout}\n{result.stderr}"
+    site = pip_install_target(FIXTURE)
     assert (site / MODULE / "__init__.py").is_file()
     return site
 
