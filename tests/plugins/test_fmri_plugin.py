@@ -24,8 +24,8 @@ from neurokedro import plugins
 
 PLUGIN = Path(__file__).resolve().parents[2] / "plugins" / "neurokedro-fmri"
 MODULE, DISTRIBUTION, TASK = "neurokedro_fmri", "neurokedro-fmri", "fmri_age_regression"
-BUILT_IN_PIPELINES = {"__default__", "data_engineering", "predict", "age_regression", "sex_classification",
-                      "tissue_segmentation", "autoencoder"}
+BUILT_IN_TASKS = {"age_regression", "sex_classification", "tissue_segmentation", "autoencoder"}
+BUILT_IN_PIPELINES = {"__default__", "data_engineering", "predict"} | BUILT_IN_TASKS | {f"{t}_search" for t in BUILT_IN_TASKS}
 
 
 @pytest.fixture(scope="module")
@@ -86,12 +86,14 @@ def test_the_plugin_adds_its_pipeline_and_changes_no_other(without_plugin, fmri_
         with_plugin = _snapshot()
     finally:
         _uninstall(fmri_site)
-    assert set(with_plugin) == BUILT_IN_PIPELINES | {TASK}
+    assert set(with_plugin) == BUILT_IN_PIPELINES | {TASK, f"{TASK}_search"}
     assert {name: with_plugin[name] for name in before} == before
-    # Its own data engineering, in its namespace: the shared store, splits and QC table are not its.
-    fmri_datasets = {d for _, inputs, outputs in with_plugin[TASK] for d in inputs + outputs}
-    assert {f"{TASK}.volume_store", f"{TASK}.splits", f"{TASK}.qc_table", f"params:{TASK}.cohort"} <= fmri_datasets
-    assert not {"volume_store", "splits", "qc_table", "params:cohort", "params:preprocessing"} & fmri_datasets
+    # Its own data engineering, in its namespace: the shared store, splits and QC table are not its
+    # (nor its search's).
+    for name in (TASK, f"{TASK}_search"):
+        datasets = {d for _, inputs, outputs in with_plugin[name] for d in inputs + outputs}
+        assert {f"{TASK}.volume_store", f"{TASK}.splits", f"params:{TASK}.cohort"} <= datasets
+        assert not {"volume_store", "splits", "qc_table", "params:cohort", "params:preprocessing"} & datasets
 
     assert _snapshot() == before  # uninstalled: nothing of it is left
 

@@ -30,6 +30,7 @@ def create_pipeline(task_name: str, **kwargs) -> Pipeline:
         node(bind_task(nodes.search_hyperparameters, task_name), inputs, ["search_trials", "best_parameters"],
              name="search_hyperparameters"),
     ])
-    shared = {name: name for name in SHARED_INPUTS} | ({"pretrained_model": PRETRAINED_MODEL} if transfer else {})
+    own = get_task(task_name).own_cohort  # then <task>.volume_store and <task>.splits, as in its training pipeline
+    shared = {name: name for name in (set() if own else SHARED_INPUTS)} | ({"pretrained_model": PRETRAINED_MODEL} if transfer else {})
     return pipeline(template, namespace=task_name, inputs=shared, parameters={"params:search": "params:search"},
                     tags=[task_name, "search"])
