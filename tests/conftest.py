@@ -101,25 +101,8 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def pip_install_target(tmp_path_factory):
-    """``install(source) -> site``: pip-installs the package at ``source`` (offline, no
-    dependencies, no build isolation) into a fresh ``--target`` folder and returns that folder,
-    not yet on ``sys.path``: what installing it into the environment would do, without touching
-    the environment. It builds from a copy, so that setuptools' ``build/`` and ``*.egg-info``
-    never land in the source tree."""
-    import shutil
-    import subprocess
-    import sys
+    """``install(source) -> site``: the package at ``source`` pip-installed into a fresh folder,
+    not yet on ``sys.path`` (:func:`neurokedro.testing.install_into_folder`)."""
+    from neurokedro.testing import install_into_folder
 
-    def install(source: Path) -> Path:
-        root = tmp_path_factory.mktemp(source.name)
-        copy = shutil.copytree(source, root / "src", ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
-        site = root / "site"
-        result = subprocess.run(
-            [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
-             "--disable-pip-version-check", "--no-input", "--quiet", "--target", str(site), str(copy)],
-            capture_output=True, text=True, timeout=300,
-        )
-        assert result.returncode == 0, f"pip install failed:\n{result.stdout}\n{result.stderr}"
-        return site
-
-    return install
+    return lambda source: install_into_folder(source, tmp_path_factory.mktemp(Path(source).name))

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -27,16 +25,9 @@ def plugin_site(tmp_path_factory) -> Path | None:
     """None when the plugin is installed; else the folder pip installed it into."""
     if importlib.util.find_spec(MODULE) is not None:
         return None
-    root = tmp_path_factory.mktemp("fmri_plugin")
-    source = shutil.copytree(PLUGIN_ROOT, root / "src", ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
-    site = root / "site"
-    result = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
-         "--disable-pip-version-check", "--no-input", "--quiet", "--target", str(site), str(source)],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, f"pip install failed:\n{result.stdout}\n{result.stderr}"
-    return site
+    from neurokedro.testing import install_into_folder
+
+    return install_into_folder(PLUGIN_ROOT, tmp_path_factory.mktemp("fmri_plugin"))
 
 
 @pytest.fixture(autouse=True, scope="module")
