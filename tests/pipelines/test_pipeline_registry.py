@@ -86,3 +86,46 @@ def test_registration_qc_figures_are_written_by_the_catalog_in_training_and_pred
         assert entry["dataset"]["type"] == "neurokedro.io.FigureDataset"
         paths.add(entry["path"])
     assert len(paths) == 2
+
+
+def _with_task(monkeypatch, task):
+    """Register ``task`` next to the built-ins for one test (as an installed plugin would)."""
+    from neurokedro import plugins
+
+    names, get = plugins.names, plugins.get
+    monkeypatch.setattr(plugins, "names", lambda kind: sorted(names(kind) + [task.name]) if kind == "tasks" else names(kind))
+    monkeypatch.setattr(plugins, "get", lambda kind, name: task if (kind, name) == ("tasks", task.name) else get(kind, name))
+
+
+def test_a_task_with_its_own_cohort_prepares_it_in_its_namespace_and_stays_out_of_predict(monkeypatch):
+    import dataclasses
+
+    from neurokedro.tasks.age_regression import AGE_REGRESSION
+
+    before = register_pipelines()
+    _with_task(monkeypatch, dataclasses.replace(AGE_REGRESSION, name="own_age", own_cohort=True, accepts_pretrained=False))
+    pipelines = register_pipelines()
+    own = pipelines["own_age"]
+    assert own.inputs() >= {"params:own_age.cohort", "params:own_age.preprocessing", "params:own_age.split", "params:labels"}
+    assert {"own_age.volume_store", "own_age.splits", "own_age.qc_table", "own_age.registration_qc_figures"} <= own.all_outputs()
+    assert not {"volume_store", "splits", "qc_table", "params:cohort"} & (own.inputs() | own.all_outputs())
+    assert "own_age.volume_store" in pipelines["own_age_search"].all_outputs()
+    for name in before:  # predict (new scans prepared like the shared cohort) and every other pipeline: unchanged
+        assert {n.name for n in pipelines[name].nodes} == {n.name for n in before[name].nodes}, name
+
+
+def test_a_tasks_default_parameters_sit_beneath_the_projects(monkeypatch, tmp_path):
+    import dataclasses
+
+    from neurokedro.config import TaskDefaultsConfigLoader, merge_beneath
+    from neurokedro.tasks.age_regression import AGE_REGRESSION
+
+    assert merge_beneath({"a": {"b": 1, "c": [1]}, "d": 2}, {"a": {"c": [2]}, "e": 3}) == {"a": {"b": 1, "c": [2]}, "d": 2, "e": 3}
+    defaults = {"training": {"max_epochs": 20, "batch_size": 4}, "model": {"name": "sfcn"}}
+    _with_task(monkeypatch, dataclasses.replace(AGE_REGRESSION, name="shipped", default_parameters=defaults))
+    (tmp_path / "base").mkdir()
+    (tmp_path / "local").mkdir()
+    (tmp_path / "base" / "parameters.yml").write_text("shipped:\n  training:\n    batch_size: 2\n")
+    loader = TaskDefaultsConfigLoader(conf_source=str(tmp_path), base_env="base", default_run_env="local",
+                                      runtime_params={"shipped": {"training": {"max_epochs": 1}}})
+    assert loader["parameters"]["shipped"] == {"training": {"max_epochs": 1, "batch_size": 2}, "model": {"name": "sfcn"}}
