@@ -45,7 +45,10 @@ def without_plugin(monkeypatch):
               if ep.dist is not None and ep.dist.name == DISTRIBUTION}
 
     def others(**kwargs):
-        return [ep for ep in real(**kwargs) if ep.dist is None or str(ep.dist.locate_file("")) not in hidden]
+        # By name and folder: every distribution installed in site-packages shares its folder
+        # (the project's own entry points too), a copy installed later by a test has its own.
+        return [ep for ep in real(**kwargs) if ep.dist is None or ep.dist.name != DISTRIBUTION
+                or str(ep.dist.locate_file("")) not in hidden]
 
     monkeypatch.setattr(plugins, "entry_points", others)
     plugins.refresh()
