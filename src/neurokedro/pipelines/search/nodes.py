@@ -195,8 +195,8 @@ def search_hyperparameters(
     configurations = sample_trials(space, int(search.get("n_trials", 10)), int(search.get("seed", 0)))
     trials = ([(DEFAULT_TRIAL, {})] if search.get("include_default", True) else []) + [
         (f"trial_{k:03d}", sampled) for k, sampled in enumerate(configurations)]
-    for _, sampled in trials:  # every path checked before anything trains
-        apply(apply(base, budget), sampled)
+    budgeted = apply(base, budget)
+    trial_params = {trial: apply(budgeted, sampled) for trial, sampled in trials}  # every path checked before training
 
     pretrained = resolve_pretrained(training.get("init_from"), pretrained_model)
     assert_no_subject_leakage(task_scans)
@@ -208,7 +208,7 @@ def search_hyperparameters(
                 len(trials), cv["fold"].nunique(), len(cv), metric, mode)
     rows = []
     for trial, sampled in trials:
-        params = apply(apply(base, budget), sampled)
+        params = trial_params[trial]
         key = _digest(json.dumps({"params": params, "data": data_key}, sort_keys=True, default=str))
         if key in records:
             logger.info("%s search: %s already finished (%s); not rerun", task_name, trial, state / "trials.csv")
