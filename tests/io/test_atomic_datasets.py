@@ -16,7 +16,7 @@ from kedro_datasets.json import JSONDataset as PlainJSONDataset
 from kedro_datasets.pandas import CSVDataset as PlainCSVDataset
 from kedro_datasets.text import TextDataset as PlainTextDataset
 
-from neurokedro.io import CSVDataset, JSONDataset, OptionalDataset, TextDataset
+from neurokedro.io import CSVDataset, JSONDataset, OptionalDataset, PartitionedDataset, TextDataset
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 OLD = {
@@ -349,6 +349,46 @@ def test_model_inside_optional_and_mlflow_artifact_datasets(tmp_path, active_run
 # The project's catalog
 # --------------------------------------------------------------------------------------------
 
+def _partitions(path: Path, overwrite: bool = True) -> PartitionedDataset:
+    return PartitionedDataset(path=str(path), dataset="neurokedro.io.TextDataset", filename_suffix=".txt",
+                              overwrite=overwrite, save_lazily=True)
+
+
+def _contents(path: Path) -> dict[str, str]:
+    return {key: load() for key, load in _partitions(path).load().items()}
+
+
+def test_partitioned_save_replaces_the_folder_whole(tmp_path):
+    folder = tmp_path / "label_maps"
+    _partitions(folder).save({"sub-01": "a", "sub-02": "b"})
+    _partitions(folder).save({"sub-02": "B", "sub-03": "C"})
+    assert _contents(folder) == {"sub-02": "B", "sub-03": "C"}  # overwrite: no stale sub-01
+    _partitions(folder).save({})
+    assert folder.is_dir() and not any(folder.iterdir())  # emptied (e.g. registration off), not removed
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_partition_failing_mid_save_leaves_the_previous_folder(tmp_path):
+    folder = tmp_path / "label_maps"
+    _partitions(folder).save({"sub-01": "a", "sub-02": "b"})
+
+    def broken() -> str:
+        raise RuntimeError("prediction failed")
+
+    # sub-01 and sub-02 are written (sorted order) before sub-03 fails
+    with pytest.raises(DatasetError, match="prediction failed"):
+        _partitions(folder).save({"sub-01": "A", "sub-02": "B", "sub-03": broken})
+    assert _contents(folder) == {"sub-01": "a", "sub-02": "b"}
+    assert _leftovers(tmp_path) == []
+
+
+def test_partitioned_saves_without_overwrite_add_partitions_as_the_parent_does(tmp_path):
+    folder = tmp_path / "scans"
+    _partitions(folder, overwrite=False).save({"sub-01": "a"})
+    _partitions(folder, overwrite=False).save({"sub-02": "b"})
+    assert _contents(folder) == {"sub-01": "a", "sub-02": "b"}
+
+
 NON_ATOMIC_TYPES = {
     "pandas.CSVDataset",
     "kedro_datasets.pandas.CSVDataset",
@@ -356,6 +396,8 @@ NON_ATOMIC_TYPES = {
     "kedro_datasets.json.JSONDataset",
     "text.TextDataset",
     "kedro_datasets.text.TextDataset",
+    "partitions.PartitionedDataset",
+    "kedro_datasets.partitions.PartitionedDataset",
     "kedro_mlflow.io.models.MlflowModelLocalFileSystemDataset",
 }
 

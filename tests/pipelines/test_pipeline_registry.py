@@ -82,7 +82,7 @@ def test_registration_qc_figures_are_written_by_the_catalog_in_training_and_pred
     paths = set()
     for name in ("registration_qc_figures", "predict.registration_qc_figures"):
         entry = catalog[name]
-        assert entry["type"] == "partitions.PartitionedDataset" and entry["filename_suffix"] == ".png"
+        assert entry["type"] == "neurokedro.io.PartitionedDataset" and entry["filename_suffix"] == ".png"
         assert entry["dataset"]["type"] == "neurokedro.io.FigureDataset"
         paths.add(entry["path"])
     assert len(paths) == 2

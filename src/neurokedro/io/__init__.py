@@ -4,15 +4,16 @@ Catalog entries refer to them by full path, e.g. ``type: neurokedro.io.NiftiData
 ``type: neurokedro.io.VolumeStoreDataset``; figures are ``neurokedro.io.FigureDataset``.
 
 Every dataset here writes local files atomically (temporary sibling, then rename). So do the
-drop-ins for kedro-datasets' writers, ``neurokedro.io.CSVDataset``, ``neurokedro.io.JSONDataset``
-and ``neurokedro.io.TextDataset``, and for kedro-mlflow's model folders,
+drop-ins for kedro-datasets' writers, ``neurokedro.io.CSVDataset``, ``neurokedro.io.JSONDataset``,
+``neurokedro.io.TextDataset`` and ``neurokedro.io.PartitionedDataset`` (a folder of partitions,
+swapped in whole), and for kedro-mlflow's model folders,
 ``neurokedro.io.MlflowModelLocalFileSystemDataset`` (imported on first use: it imports MLflow).
 """
 
 from typing import Any
 
 from neurokedro.io.atomic import atomic_replace_dir, atomic_write_dir, atomic_write_path
-from neurokedro.io.atomic_datasets import AtomicSaveMixin, CSVDataset, JSONDataset, TextDataset
+from neurokedro.io.atomic_datasets import AtomicSaveMixin, CSVDataset, JSONDataset, PartitionedDataset, TextDataset
 from neurokedro.io.figure import FigureDataset
 from neurokedro.io.nifti import NiftiDataset
 from neurokedro.io.optional import OptionalDataset
@@ -33,6 +34,7 @@ __all__ = [
     "MlflowModelLocalFileSystemDataset",
     "NiftiDataset",
     "OptionalDataset",
+    "PartitionedDataset",
     "PreprocessedVolume",
     "TextDataset",
     "VolumeStore",

@@ -1,4 +1,4 @@
-"""Crash-safe drop-ins for kedro-datasets' CSV, JSON and text datasets.
+"""Crash-safe drop-ins for kedro-datasets' CSV, JSON, text and partitioned datasets.
 
 kedro-datasets' ``pandas.CSVDataset``, ``json.JSONDataset`` and ``text.TextDataset`` open the
 final path and write into it, so a run killed mid-save leaves a truncated table or report that
@@ -32,11 +32,12 @@ from typing import Any, ClassVar
 from fsspec.utils import infer_compression
 from kedro_datasets.json import json_dataset as _json
 from kedro_datasets.pandas import csv_dataset as _csv
+from kedro_datasets.partitions import partitioned_dataset as _partitions
 from kedro_datasets.text import text_dataset as _text
 
-from neurokedro.io.atomic import atomic_write_path
+from neurokedro.io.atomic import atomic_write_dir, atomic_write_path
 
-__all__ = ["AtomicSaveMixin", "CSVDataset", "JSONDataset", "TextDataset"]
+__all__ = ["AtomicSaveMixin", "CSVDataset", "JSONDataset", "PartitionedDataset", "TextDataset"]
 
 
 class AtomicSaveMixin:
@@ -121,3 +122,39 @@ class JSONDataset(AtomicSaveMixin, _json.JSONDataset):
 
 class TextDataset(AtomicSaveMixin, _text.TextDataset):
     """``kedro_datasets.text.TextDataset`` whose local saves are atomic (same arguments)."""
+
+
+class PartitionedDataset(_partitions.PartitionedDataset):
+    """``kedro_datasets.partitions.PartitionedDataset`` whose local overwriting saves are atomic.
+
+    The parent's save with ``overwrite: true`` first deletes the folder, then writes one
+    partition after another: a run killed (or a partition failing) in between leaves a folder
+    with some of the new partitions and none of the old, which a reader takes for the whole
+    output. Here every partition is written into a temporary sibling folder
+    (:func:`~neurokedro.io.atomic.atomic_write_dir`), which replaces the folder only once the
+    last partition is saved; on any error the previous folder stays as it was and the temporary
+    one is removed. Same arguments, loading and lazy saving (``save_lazily``) as the parent.
+
+    Saves that add to the folder (``overwrite: false``, the parent's default) and remote
+    protocols keep the parent's behaviour: there is no previous whole to protect, or no rename.
+    """
+
+    def save(self, data: dict[str, Any]) -> None:
+        """Save every partition of ``data`` (``{partition id: data or a callable}``).
+
+        Raises:
+            DatasetError: as the parent does, e.g. when a partition's dataset fails; the folder
+                then still holds the previous save.
+        """
+        if self._protocol != "file" or not self._overwrite:
+            super().save(data)
+            return
+        final = self._path
+        with atomic_write_dir(final) as staging:
+            self._path = str(staging)
+            try:
+                super().save(data)
+            finally:
+                self._path = final
+            staging.mkdir(exist_ok=True)  # the parent removes the folder it overwrites; no partitions, none made
+        self._invalidate_caches()

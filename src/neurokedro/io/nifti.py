@@ -42,8 +42,8 @@ class NiftiDataset(AbstractVersionedDataset[nib.Nifti1Image, nib.Nifti1Image]):
     leaves a truncated scan under the final name; remote objects are written directly (object
     stores publish an object only once the upload completes).
 
-    Works as the inner dataset of ``kedro_datasets.partitions.PartitionedDataset`` for a folder
-    of scans.
+    Works as the inner dataset of a partitioned dataset (``neurokedro.io.PartitionedDataset``,
+    or kedro-datasets' own) for a folder of scans.
 
     Examples:
         Using the YAML API::
@@ -53,7 +53,7 @@ class NiftiDataset(AbstractVersionedDataset[nib.Nifti1Image, nib.Nifti1Image]):
               filepath: data/01_raw/template/T1.nii.gz
 
             raw_t1_scans:              # a folder of scans, loaded lazily one by one
-              type: partitions.PartitionedDataset
+              type: neurokedro.io.PartitionedDataset
               path: data/01_raw/ixi/T1
               dataset: neurokedro.io.NiftiDataset
               filename_suffix: ".nii.gz"
