@@ -116,6 +116,34 @@ def test_swa_returns_averaged_weights_and_runs_past_early_stopping():
     assert np.isfinite(predict(model, images, np.arange(16, 24))).all()
 
 
+def test_precise_bn_recomputes_statistics_for_validation_and_leaves_training_alone():
+    images, ages = _cohort()
+
+    def run(precise):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Conv3d(1, 4, 3), nn.BatchNorm3d(4), nn.ReLU(), nn.AdaptiveAvgPool3d(1), nn.Flatten(1),
+                            nn.Dropout(0.3), nn.Linear(4, 1))
+        params = {**FAST, "max_epochs": 5, "seed": 3, "precise_bn": {"enabled": precise},
+                  "augmentation": {"enabled": True, "noise_prob": 1.0, "noise_std": 0.5, "flip_prob": 0.0,
+                                   "intensity_prob": 0.0}}
+        return fit(net, get_task("age_regression"), images, np.arange(16), ages[:16], np.arange(16, 24), ages[16:],
+                   params)
+
+    (plain, plain_history), (precise, precise_history) = run(False), run(True)
+    # Training is unchanged (batch statistics; the pass draws no random numbers) ...
+    np.testing.assert_allclose(precise_history["train_loss"], plain_history["train_loss"], rtol=1e-6)
+    # ... validation is not: the moving averages of noisy, augmented batches are replaced.
+    assert not np.allclose(precise_history["val_mae"], plain_history["val_mae"])
+    # The returned model's statistics are the plain average over the un-augmented training
+    # scans, in order, in batches of 4, for its own weights.
+    bn = precise.net[1]
+    with torch.no_grad():
+        means = [precise.net[0](torch.from_numpy(images[i:i + 4])).mean(dim=(0, 2, 3, 4)) for i in range(0, 16, 4)]
+    torch.testing.assert_close(bn.running_mean, torch.stack(means).mean(0), rtol=1e-4, atol=1e-5)
+    best = precise_history["val_mae"].min()
+    assert np.abs(predict(precise, images, np.arange(16, 24)) - ages[16:]).mean() == pytest.approx(best, rel=1e-4)
+
+
 def test_slice_outputs_train_as_samples_and_soft_vote_per_subject():
     """A (B, S, K) network: every slice is a training sample; the model returned votes per scan."""
     from neurokedro.models.slice_cnn import SliceCNN

@@ -21,7 +21,14 @@ from torch.utils.data import DataLoader
 
 from neurokedro.io.volume_store import read_row
 from neurokedro.tasks.base import Task
-from neurokedro.training.callbacks import AtomicCheckpointIO, EpochSeed, MetricHistory, RunState, atomic_torch_save
+from neurokedro.training.callbacks import (
+    AtomicCheckpointIO,
+    EpochSeed,
+    MetricHistory,
+    PreciseBatchNorm,
+    RunState,
+    atomic_torch_save,
+)
 from neurokedro.training.data import EpochSampler, SeededDataLoader, VolumeDataset, build_augmentation
 from neurokedro.training.module import TaskModule, soft_vote
 
@@ -234,7 +241,10 @@ def fit(
             ``checkpoint_dir``, ``resume``, ``accelerator``, ``devices``, ``num_nodes``,
             ``strategy`` (Lightning's; see :func:`training_strategy`: several devices train
             data-parallel in processes launched from this one), ``deterministic``,
-            ``channels_last``, ``swa`` (``enabled``, ``lr``, ``epoch_start``, ``annealing_epochs``).
+            ``channels_last``, ``swa`` (``enabled``, ``lr``, ``epoch_start``, ``annealing_epochs``),
+            ``precise_bn`` (``enabled``, ``max_batches``: BatchNorm statistics recomputed on the
+            training scans before each validation, see
+            :class:`~neurokedro.training.callbacks.PreciseBatchNorm`).
         mlflow_prefix: prefix of the per-epoch metric names logged to MLflow.
         labels: the store's ``(N, 1, D, H, W)`` label maps, the targets of a ``label_map`` task
             (the per-scan targets are then ignored).
@@ -287,6 +297,7 @@ def fit(
         VolumeDataset(images, val_rows, scaled(val_targets), **dense), batch_size=batch_size, shuffle=False,
         seed=seed, **loader_args,
     )
+    precise_bn = dict(params.get("precise_bn") or {})
     max_epochs = int(params.get("max_epochs", 30))
     module = TaskModule(
         net, task, params.get("optimiser", {}), max_epochs, mean, sd, loss_params=params.get("loss"),
@@ -319,6 +330,13 @@ def fit(
         latest = ModelCheckpoint(dirpath=checkpoint_dir, filename=LAST.removesuffix(".ckpt"), monitor=None,
                                  save_top_k=1, enable_version_counter=False)
         callbacks: list[L.Callback] = [checkpoint, history, EpochSeed(seed, sampler), RunState(fingerprint)]
+        if precise_bn.get("enabled", False):
+            # The training scans in a fixed order, un-augmented; a batch of one has no variance.
+            statistics_loader = SeededDataLoader(
+                VolumeDataset(images, train_rows, scaled(train_targets), **dense), batch_size=batch_size,
+                shuffle=False, drop_last=len(train_rows) > batch_size, seed=seed, **loader_args,
+            )
+            callbacks.append(PreciseBatchNorm(statistics_loader, precise_bn.get("max_batches")))
         if swa.get("enabled", False):
             # Izmailov et al. 2018: averaging the weights of the last epochs finds a flatter
             # optimum; far less sensitive than one checkpoint to a small, noisy validation set.
