@@ -156,5 +156,6 @@ class PartitionedDataset(_partitions.PartitionedDataset):
                 super().save(data)
             finally:
                 self._path = final
-            staging.mkdir(exist_ok=True)  # the parent removes the folder it overwrites; no partitions, none made
+            # The parent removes the folder it overwrites and, given no partitions, makes none.
+            staging.mkdir(exist_ok=True)
         self._invalidate_caches()

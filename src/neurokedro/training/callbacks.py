@@ -211,8 +211,9 @@ class PreciseBatchNorm(L.Callback):
     still move and on augmented images. With the batch sizes a 3D network fits (4-8 volumes)
     they are noisy: on IXI brain age (80 epochs), validation MAE peaked at 50-100 years after
     epoch 10 and changed by a median of 4 years between epochs; one network's last epoch scored
-    14.8 years, 6.6 once its statistics were recomputed (README, "Precise BatchNorm statistics"). This callback replaces them, before the validation
-    of every epoch, by the plain average over a pass of the training scans without augmentation
+    14.8 years, 6.6 once its statistics were recomputed (README, "Precise BatchNorm statistics").
+    This callback replaces them, before the validation of every epoch, by the plain average over
+    a pass of the training scans without augmentation
     ("precise BN": Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021; fvcore's
     ``PreciseBN``), with :func:`torch.optim.swa_utils.update_bn`. Validation, the best
     checkpoint and the returned model then use them. Training itself is unchanged: batch
@@ -234,15 +235,14 @@ class PreciseBatchNorm(L.Callback):
         self.max_batches = None if max_batches is None else int(max_batches)
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not any(
-            isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in pl_module.modules()
-        ):
+        if trainer.sanity_checking:
             return
         device = pl_module.device
         batches = itertools.islice(self.loader, self.max_batches)
         cuda = [device.index or 0] if device.type == "cuda" else []
         # Validation runs under inference mode: buffers created there could not be updated by
         # the next training epoch. Dropout (training mode during the pass) must not move the RNGs.
+        # update_bn returns before reading a batch when the network has no BatchNorm layer.
         with torch.inference_mode(False), torch.random.fork_rng(devices=cuda):
             with trainer.precision_plugin.forward_context():
                 update_bn((x.to(device) for x, _ in batches), pl_module)
