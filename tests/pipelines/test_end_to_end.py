@@ -73,8 +73,31 @@ def _assert_complete_age_run(root, n_folds):
     for plot in ("predicted_vs_true.png", "learning_curves.png", "bland_altman.png", "gap_vs_age.png", "subgroups.png"):
         assert (root / "data/08_reporting/age_regression" / plot).stat().st_size > 1000
     _assert_bias_corrected(root, predictions)
+    _assert_stacked(root, predictions)
     model = _assert_tracked(root, "age_regression", n_folds, "mae", metrics["mae"])
     return metrics, model
+
+
+def _assert_stacked(root, predictions):
+    """Every scan has tissue label maps, so every prediction is the stack of the network's
+    (kept in network_predictions.csv) and the tissue-volume ridge's, with the saved weights."""
+    model = json.loads((root / "data/06_models/age_regression/stacking.json").read_text())
+    assert model["enabled"] and model["n_train"] == (predictions["source"] == "out_of_fold").sum()
+    network = pd.read_csv(root / "data/07_model_output/age_regression/network_predictions.csv")
+    np.testing.assert_allclose(predictions["network_predicted_age"], network["predicted_age"])
+    assert predictions["predicted_age_stacked"].all()
+    test = predictions[predictions["split"] == "test"]
+    meta = model["meta"]
+    np.testing.assert_allclose(test["predicted_age"], meta["intercept"] + meta["w_network"] * test["network_predicted_age"]
+                               + meta["w_tissue_volumes"] * test["tissue_volume_predicted_age"], atol=1e-4)
+    # the network's own test MAE stays visible beside the stacked one: in MLflow and in the report
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    # a run that failed earlier in the same project (a refused transfer) leaves a FAILED parent
+    (parent,) = [r for r in client.search_runs([client.get_experiment_by_name("age_regression").experiment_id])
+                 if "mlflow.parentRunId" not in r.data.tags and r.info.status != "FAILED"]
+    network_mae = np.abs(test["network_predicted_age"] - test["chronological_age"]).mean()
+    assert parent.data.metrics["stacking_test_mae_network"] == pytest.approx(network_mae)
+    assert "Stacking with tissue volumes" in (root / "data/08_reporting/age_regression/report.html").read_text()
 
 
 def _assert_bias_corrected(root, predictions):

@@ -1,5 +1,6 @@
 """The predict pipeline: trained models on new scans, one row per scan, failures listed."""
 
+import json
 import shutil
 
 import numpy as np
@@ -53,6 +54,11 @@ def test_predict_new_scans_after_training(kedro_project):
     ok = out[out["qc_status"] == "ok"]
     assert len(ok) == 3 and ok["predicted_age"].between(0, 120).all()
     assert "probability_female" not in out  # sex skipped (null)
+    # the training run stacked the network with tissue volumes; these new scans have no label
+    # maps, so they get the network's prediction alone, and the table says so
+    assert json.loads((root / "data/06_models/age_regression/stacking.json").read_text())["enabled"]
+    assert not ok["predicted_age_stacked"].astype(bool).any()
+    np.testing.assert_allclose(ok["predicted_age"], ok["network_predicted_age"])
     assert {p.name: p.read_bytes() for p in new.iterdir()} == before  # the user's files are untouched
 
     # the same trained model on a BIDS copy: two sessions of one subject, one subject without age

@@ -71,4 +71,5 @@ AGE_REGRESSION = Task(
     report_metrics=("mae", "rmse", "mean_error", "r2", "pearson_r"),
     subgroup_metrics=("mae", "mean_error"),
     accepts_pretrained=True,
+    stacked_prediction="predicted_age",
 )

@@ -68,6 +68,10 @@ class Task:
             ``<name>.volume_store``, ``<name>.splits`` and ``<name>.qc_table`` (the label
             parameters stay shared), so the shared volume store is never overwritten; the
             predict pipeline, whose new scans are prepared like the shared cohort, leaves it out.
+        stacked_prediction: for a regression task, the column of ``describe_predictions`` (e.g.
+            ``"predicted_age"``) that its ``stacking`` parameters may replace by a stack of the
+            network and a ridge model on tissue volumes (:mod:`neurokedro.training.stacking`);
+            the pipeline then has a ``stack_with_tissue_volumes`` node. None: no stacking.
         default_parameters: the task's parameters (the contents of ``parameters[<name>]``) for
             a task shipped in a package that cannot add files to the project's ``conf/``.
             :class:`neurokedro.config.TaskDefaultsConfigLoader` merges them beneath the
@@ -93,6 +97,7 @@ class Task:
     report_metrics: tuple[str, ...] = field(default_factory=tuple)
     subgroup_metrics: tuple[str, ...] = field(default_factory=tuple)
     own_cohort: bool = False
+    stacked_prediction: str | None = None
     default_parameters: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property

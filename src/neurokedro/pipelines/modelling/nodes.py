@@ -16,6 +16,7 @@ from neurokedro.pipelines.data_engineering.nodes import assert_no_subject_leakag
 from neurokedro.tasks.base import get_task
 from neurokedro.training.fit import fit, predict, seed_everything
 from neurokedro.training.module import FoldEnsemble, MeanEnsemble
+from neurokedro.training.stacking import fit_stacking, stacking_columns, tissue_volumes_ml, volume_features
 from neurokedro.training.tracking import child_run, log_model
 from neurokedro.training.transfer import resolve_pretrained, transfer_encoder
 
@@ -224,6 +225,103 @@ def predict_scans(
     predictions = pd.concat(parts, ignore_index=True).sort_values("row", ignore_index=True)
     fold_predictions = pd.concat(per_fold, ignore_index=True) if per_fold else pd.DataFrame()
     return predictions, fold_predictions
+
+
+def stack_with_tissue_volumes(
+    network_predictions: pd.DataFrame,
+    network_fold_predictions: pd.DataFrame,
+    volume_store: VolumeStore,
+    stacking: Mapping[str, Any] | None,
+    task_name: str,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """Stack the network's predictions with a ridge model on tissue volumes (brain age).
+
+    With ``stacking.enabled``, the task's prediction column (``Task.stacked_prediction``, e.g.
+    ``predicted_age``) becomes ``intercept + w_network * network + w_volumes * ridge``, the
+    ridge fitted on the CSF/GM/WM fractions and intracranial volume of the store's tissue label
+    maps and the non-negative weights on out-of-fold predictions
+    (:func:`neurokedro.training.stacking.fit_stacking`; Wolpert 1992, Engemann et al. 2020).
+    The columns derived from it (the brain-age gap) follow. Without labels in the store, or with
+    too few scans that have them, the network's predictions pass through with a warning.
+
+    Args:
+        network_predictions: from :func:`predict_scans` (out-of-fold and fold-ensemble rows).
+        network_fold_predictions: from :func:`predict_scans` (each fold model on the test scans).
+        volume_store: the preprocessed cohort, with tissue label maps.
+        stacking: the task's ``stacking`` parameters: ``enabled`` (bool).
+        task_name: registered task.
+
+    Returns:
+        ``(predictions, fold_predictions, model)``. The tables gain ``network_<column>`` (the
+        network's prediction), ``tissue_volume_<column>`` (the ridge's; out-of-fold for training
+        scans) and ``<column>_stacked`` (False where a scan has no tissue volumes and keeps the
+        network's prediction). ``model``: ``{"enabled": False, "reason": ...}`` when nothing
+        was stacked, else :func:`fit_stacking`'s model with ``enabled``, ``target`` and
+        ``summary`` (the headline metric of the network, the ridge and the stack, out-of-fold
+        and on test, over the scans with tissue volumes), which the predict pipeline applies
+        to new scans.
+
+    Raises:
+        ValueError: if stacking is enabled for a task without ``stacked_prediction``.
+    """
+    task = get_task(task_name)
+    if not (stacking or {}).get("enabled", False):
+        return network_predictions, network_fold_predictions, {"enabled": False, "reason": "stacking.enabled is false"}
+    column = task.stacked_prediction
+    if column is None:
+        raise ValueError(f"{task_name}: stacking.enabled is true but the task has no stacked_prediction column; set it false")
+    table = network_predictions.reset_index(drop=True)
+    features = volume_features(tissue_volumes_ml(volume_store, table["row"]))
+    is_test = (table["split"] == "test").to_numpy()
+    fold_tables = {int(k): part.set_index("row") for k, part in network_fold_predictions.groupby("model_fold")} \
+        if not network_fold_predictions.empty else {}
+    test_rows = table.loc[is_test, "row"]
+    try:
+        stacked, volume_prediction, fold_stacked, model = fit_stacking(
+            table[column].to_numpy(float), features, task.target_values(table),
+            pd.to_numeric(table.get("fold"), errors="coerce").fillna(-1).to_numpy(int), is_test,
+            {k: part.loc[test_rows, column].to_numpy(float) for k, part in fold_tables.items()})
+    except ValueError as error:
+        reason = f"not stacked: {error} (does the cohort have tissue label maps?)"
+        logger.warning("%s: %s; the network's predictions are kept", task_name, reason)
+        return network_predictions, network_fold_predictions, {"enabled": False, "reason": reason}
+    usable = np.isfinite(features).all(axis=1)
+    if not usable.all():
+        logger.warning("%s: %d scan(s) without tissue volumes keep the network's %s (%s_stacked = False)",
+                       task_name, int((~usable).sum()), column, column)
+    predictions = _restacked(task, table, stacked, volume_prediction, usable)
+    fold_predictions = network_fold_predictions
+    if fold_tables:
+        parts = [_restacked(task, part.loc[test_rows].reset_index(), fold_stacked[k], volume_prediction[is_test], usable[is_test])
+                 for k, part in fold_tables.items()]
+        fold_predictions = pd.concat(parts, ignore_index=True)[[*network_fold_predictions.columns, *stacking_columns(column)]]
+    summary = _stacking_summary(task, predictions, is_test & usable, ~is_test & usable)
+    logger.info("%s stacking with tissue volumes (weights network %.2f, tissue volumes %.2f): %s", task_name,
+                model["meta"]["w_network"], model["meta"]["w_tissue_volumes"], {k: round(v, 3) for k, v in summary.items()})
+    return predictions, fold_predictions, {"enabled": True, "target": column, **model, "summary": summary}
+
+
+def _restacked(task: Any, rows: pd.DataFrame, y: np.ndarray, volumes: np.ndarray, ok: np.ndarray) -> pd.DataFrame:
+    """``rows`` with the task's prediction columns described again from the stacked ``y``, the
+    network's and the ridge's predictions and the stacked flag beside them."""
+    column = task.stacked_prediction
+    described = task.describe_predictions(rows, y, {})
+    added = dict(zip(stacking_columns(column), (rows[column].to_numpy(), volumes, ok), strict=True))
+    return rows.assign(**{name: described[name].to_numpy() for name in described}, **added)
+
+
+def _stacking_summary(task: Any, predictions: pd.DataFrame, test: np.ndarray, out_of_fold: np.ndarray) -> dict[str, float]:
+    """``{<part>_<headline metric>_<predictor>}`` for the network, the ridge and the stack,
+    out of fold and on test."""
+    column = task.stacked_prediction
+    network, volumes, _ = stacking_columns(column)
+    summary = {}
+    for name, source in (("network", network), ("tissue_volumes", volumes), ("stacked", column)):
+        for part, rows in (("out_of_fold", out_of_fold), ("test", test)):
+            if rows.any():
+                scored = predictions[rows].assign(**{column: predictions.loc[rows, source]})
+                summary[f"{part}_{task.headline_metric}_{name}"] = task.compute_metrics(scored)[task.headline_metric]
+    return summary
 
 
 def evaluate_model(

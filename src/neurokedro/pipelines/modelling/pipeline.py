@@ -23,11 +23,17 @@ def bind_task(func, task_name: str):
 def create_pipeline(task_name: str, **kwargs) -> Pipeline:
     """select_task_scans -> train_model -> predict_scans -> evaluate_model in the task's namespace.
 
+    For a task with a ``stacked_prediction`` column (brain age), ``predict_scans`` writes the
+    network's ``network_predictions`` and ``stack_with_tissue_volumes`` turns them into the
+    ``predictions`` the rest reads (unchanged when ``stacking.enabled`` is false).
+
     For a task that accepts pretrained encoders, ``train_model`` also reads the autoencoder
     pipeline's model (:data:`PRETRAINED_MODEL`; None until that pipeline has run). A task with
     its own cohort reads its own ``<task>.volume_store`` and ``<task>.splits``.
     """
     transfer = get_task(task_name).accepts_pretrained
+    stacks = get_task(task_name).stacked_prediction is not None
+    predicted = ["network_predictions", "network_fold_predictions"] if stacks else ["predictions", "fold_predictions"]
     train_inputs = {"volume_store": "volume_store", "task_scans": "task_scans", "model": "params:model",
                     "training": "params:training"} | ({"pretrained_model": "pretrained_model"} if transfer else {})
     template = pipeline(
@@ -39,7 +45,10 @@ def create_pipeline(task_name: str, **kwargs) -> Pipeline:
                  name="train_model"),
             node(bind_task(nodes.predict_scans, task_name),
                  ["model", "volume_store", "task_scans", "params:training", "params:evaluation"],
-                 ["predictions", "fold_predictions"], name="predict_scans"),
+                 predicted, name="predict_scans"),
+            *([node(bind_task(nodes.stack_with_tissue_volumes, task_name),
+                    [*predicted, "volume_store", "params:stacking"], ["predictions", "fold_predictions", "stacking"],
+                    name="stack_with_tissue_volumes")] if stacks else []),
             node(bind_task(nodes.evaluate_model, task_name), ["predictions", "fold_predictions"],
                  ["test_metrics", "cv_metrics"], name="evaluate_model"),
         ]

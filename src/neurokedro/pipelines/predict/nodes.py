@@ -23,6 +23,7 @@ from neurokedro.imaging.tissue import TISSUE_CLASSES
 from neurokedro.io.volume_store import VolumeStore
 from neurokedro.tasks.base import get_task
 from neurokedro.training.fit import predict
+from neurokedro.training.stacking import apply_stacking, stacking_columns, tissue_volumes_ml, volume_features
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ def predict_task(
     predict_params: Mapping[str, Any],
     task_name: str,
     bias_correction: Mapping[str, Any] | None = None,
+    stacking: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     """One task's predictions for every preprocessed new scan.
 
@@ -82,6 +84,11 @@ def predict_task(
         task_name: registered task (regression, classification or segmentation).
         bias_correction: the brain-age bias-correction coefficients of the training run
             (``<task>.bias_correction``), for regression tasks that have one.
+        stacking: the training run's stacking model (``<task>.stacking``, from
+            :func:`neurokedro.pipelines.modelling.nodes.stack_with_tissue_volumes`); when it is
+            enabled and ``models.<task>`` is ``latest`` (the network the weights were fitted
+            with), scans with tissue label maps get the stacked prediction, the others the
+            network's (``<column>_stacked`` says which), as in training.
 
     Returns:
         One row per store row (``row`` plus the task's columns): brain age ``predicted_age``
@@ -94,7 +101,8 @@ def predict_task(
         ValueError: for a task kind that has no per-scan prediction (reconstruction).
     """
     task = get_task(task_name)
-    model = load_model((predict_params.get("models") or {}).get(task_name), latest_model, task_name)
+    choice = (predict_params.get("models") or {}).get(task_name)
+    model = load_model(choice, latest_model, task_name)
     usable = volume_store.preprocessed_index
     if model is None or usable.empty:
         return pd.DataFrame({"row": pd.Series(dtype=int)})
@@ -110,7 +118,14 @@ def predict_task(
         described = pd.concat(outputs, ignore_index=True)
     elif task.kind in ("regression", "classification"):
         options = {"threshold": float(predict_params.get("threshold", 0.5))}
-        described = task.describe_predictions(usable.reset_index(drop=True), np.concatenate(outputs), options)
+        y, stacked_columns = np.concatenate(outputs), {}
+        if (stacking or {}).get("enabled") and task.stacked_prediction:
+            if str(choice) == "latest":
+                y, stacked_columns = _stacked(y, stacking, volume_store, rows, task_name)
+            else:  # the project's stacking weights belong to its own latest network, not to this one
+                logger.warning("predict %s: not stacked with tissue volumes: the model is %s, not this project's "
+                               "latest, whose stacking weights these are", task_name, choice)
+        described = task.describe_predictions(usable.reset_index(drop=True), y, options).assign(**stacked_columns)
         described = described.drop(columns=[c for c in ("chronological_age", "true_sex", "true_label", "predicted_label",
                                                          "threshold") if c in described])
     else:
@@ -122,6 +137,20 @@ def predict_task(
         described["corrected_brain_age_gap"] = gap
         described["corrected_predicted_age"] = age + gap
     return described.reset_index(drop=True)
+
+
+def _stacked(network: np.ndarray, stacking: Mapping[str, Any], volume_store: VolumeStore, rows: np.ndarray,
+             task_name: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The stacked predictions of the new scans and the columns that show their parts."""
+    column = get_task(task_name).stacked_prediction
+    network = np.asarray(network, float).ravel()
+    stacked, volumes = apply_stacking(stacking, network, volume_features(tissue_volumes_ml(volume_store, rows)))
+    ok = np.isfinite(volumes)
+    if not ok.all():
+        logger.warning("predict %s: %d of %d scan(s) have no tissue label map, so their %s is the network's alone "
+                       "(%s_stacked = False); give the new cohort label maps for the stacked prediction",
+                       task_name, int((~ok).sum()), len(ok), column, column)
+    return stacked, dict(zip(stacking_columns(column), (network, volumes, ok), strict=True))
 
 
 def _volumes(probabilities: np.ndarray, affines: np.ndarray) -> pd.DataFrame:

@@ -3,7 +3,7 @@
 The new scans go through data engineering's :func:`preparation_pipeline` with the same
 ``labels`` and ``preprocessing`` parameters as training (so use the same ``--env``), then every
 task with a per-scan output (brain age, sex, tissue segmentation) predicts them with the model
-``predict.models.<task>`` names. The trained models and the brain-age bias correction are
+``predict.models.<task>`` names. The trained models, the brain-age bias correction and stacking are
 datasets of the training pipelines, so kedro-viz draws them as edges into this one.
 """
 
@@ -36,6 +36,8 @@ def create_pipeline(**kwargs) -> Pipeline:
         inputs = {"latest_model": f"{task_name}.model", "volume_store": "volume_store", "predict_params": "params:predict"}
         if "bias_correction" in get_task(task_name).report_items:
             inputs["bias_correction"] = f"{task_name}.bias_correction"
+        if get_task(task_name).stacked_prediction:
+            inputs["stacking"] = f"{task_name}.stacking"
         predict_nodes.append(node(bind_task(nodes.predict_task, task_name), inputs, f"{task_name}_predictions",
                                   name=f"predict_{task_name}"))
     template = preparation_pipeline() + pipeline(predict_nodes + [
@@ -46,7 +48,7 @@ def create_pipeline(**kwargs) -> Pipeline:
               **{task_name: f"{task_name}_predictions" for task_name in tasks}},
              "predictions", name="assemble_predictions"),
     ])
-    external = {f"{t}.model" for t in tasks} | {f"{t}.bias_correction" for t in tasks}
+    external = {f"{t}.{name}" for t in tasks for name in ("model", "bias_correction", "stacking")}
     return pipeline(
         template, namespace=NAMESPACE,
         inputs={name: name for name in external & template.inputs()} | {"training_intensity_statistics": "intensity_statistics"},

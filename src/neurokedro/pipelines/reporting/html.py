@@ -57,14 +57,15 @@ def build_report(
     task_name: str,
     bias_correction: Mapping[str, Any] | None = None,
     bias_correction_summary: pd.DataFrame | None = None,
+    stacking: Mapping[str, Any] | None = None,
     **figures: bytes,
 ) -> str:
     """Render the run's report as one HTML page.
 
     Sections: run (task, date, MLflow run and tracking URI), cohort (scans, subjects, age,
     sex, sites), quality control (every excluded scan or label with the reason), split sizes
-    (test and each fold), test metrics with bootstrap intervals, cross-validation, the brain-age
-    bias correction (regression tasks), subgroup metrics, every figure, and the model and
+    (test and each fold), test metrics with bootstrap intervals, cross-validation, stacking with
+    tissue volumes and the brain-age bias correction (regression tasks), subgroup metrics, every figure, and the model and
     training parameters.
 
     Args:
@@ -81,6 +82,8 @@ def build_report(
         task_name: registered task.
         bias_correction: fitted coefficients (regression tasks).
         bias_correction_summary: gap statistics before/after the correction.
+        stacking: the stacking model of ``stack_with_tissue_volumes`` (tasks with a
+            ``stacked_prediction``): weights and the network / tissue-volume / stacked metrics.
         **figures: ``<item>_plot`` -> PNG bytes, shown in :data:`FIGURE_TITLES` order.
 
     Returns:
@@ -100,6 +103,8 @@ def build_report(
     parts += _section("Test metrics (fold ensemble) with bootstrap intervals", _intervals(metric_intervals, test_metrics))
     parts += _section("Cross-validation", _table(cv_metrics.set_index("fold").T.rename_axis(columns=None).reset_index(names="metric"))
                       if cv_metrics is not None and not cv_metrics.empty else "<p>no cross-validation</p>")
+    if stacking is not None:
+        parts += _section("Stacking with tissue volumes", _stacking(stacking, task.headline_metric))
     if bias_correction is not None:
         parts += _section("Brain-age bias correction", _bias(bias_correction, bias_correction_summary))
     parts += _section("Subgroup metrics (fairness)", _subgroups(subgroups))
@@ -174,6 +179,21 @@ def _bias(coefficients: Mapping[str, Any], summary: pd.DataFrame | None) -> str:
             "Corrected gap = gap − (slope × age + intercept), applied to the test set and to new scans "
             f"({_e(coefficients['reference'])}). After the correction the gap should not correlate with age.</p>")
     return text + (_table(summary) if summary is not None else "")
+
+
+def _stacking(model: Mapping[str, Any], metric: str) -> str:
+    if not model.get("enabled"):
+        return f"<p>Not stacked: {_e(model.get('reason', ''))}. The predictions are the network's.</p>"
+    meta, summary = model["meta"], model.get("summary", {})
+    table = pd.DataFrame([{"predictor": name, **{f"{part} {metric}": summary.get(f"{part}_{metric}_{key}", float("nan"))
+                                                 for part in ("out_of_fold", "test")}}
+                          for key, name in (("network", "network"), ("tissue_volumes", "ridge on tissue volumes"),
+                                            ("stacked", "stacked (reported above)"))])
+    return (f"<p>{_e(model['target'])} = {meta['intercept']:.2f} + {meta['w_network']:.3f} × network + "
+            f"{meta['w_tissue_volumes']:.3f} × ridge on {_e(', '.join(model['features']))}; the ridge and the "
+            f"non-negative weights were fitted on {model['n_train']} out-of-fold predictions, cross-fitted per fold for the "
+            f"out-of-fold figures ({_e(model['reference'])}). Scans without tissue label maps keep the network's "
+            "prediction.</p>" + _table(table))
 
 
 def _subgroups(subgroups: pd.DataFrame) -> str:

@@ -108,13 +108,16 @@ def plot_learning_curves(training_history: pd.DataFrame, task_name: str) -> Figu
 
 
 def to_mlflow_metrics(
-    metrics: Mapping[str, float], cv_metrics: pd.DataFrame | None = None, metric_intervals: pd.DataFrame | None = None
+    metrics: Mapping[str, float], cv_metrics: pd.DataFrame | None = None, metric_intervals: pd.DataFrame | None = None,
+    stacking: Mapping[str, Any] | None = None,
 ) -> dict[str, dict[str, float]]:
     """The parent run's metrics in the form of kedro-mlflow's metrics dataset
     (``{name: {"value", "step"}}``): the fold ensemble's ``test_<metric>``, its bootstrap
     interval ``test_<metric>_ci_low`` / ``_ci_high``, and the cross-validation aggregates
     ``cv_<metric>_mean`` / ``cv_<metric>_sd`` across folds (validation metrics) and
-    ``cv_test_<metric>_mean`` (the fold models' mean test metric).
+    ``cv_test_<metric>_mean`` (the fold models' mean test metric). With an enabled ``stacking``
+    model (brain age), also ``stacking_<summary key>`` (e.g. ``stacking_test_mae_network``, the
+    network's alone) and the weights ``stacking_w_network`` / ``stacking_w_tissue_volumes``.
 
     Non-finite values are left out (MLflow rejects NaN in some backends).
     """
@@ -131,6 +134,9 @@ def to_mlflow_metrics(
             for stat in ("mean", "sd") if kind == "validation" else ("mean",):
                 if stat in summary.index:
                     out[f"{prefix}{name}_{stat}"] = float(summary.loc[stat, column])
+    if stacking and stacking.get("enabled"):
+        out |= {f"stacking_{k}": float(v) for k, v in stacking.get("summary", {}).items()}
+        out |= {f"stacking_{k}": float(stacking["meta"][k]) for k in ("w_network", "w_tissue_volumes")}
     return {k: {"value": v, "step": 0} for k, v in out.items() if np.isfinite(v)}
 
 

@@ -69,16 +69,18 @@ def create_pipeline(task_name: str, **kwargs) -> Pipeline:
         "training": "params:training", **{plot: plot for plot in plots},
     } | ({"bias_correction": "bias_correction", "bias_correction_summary": "bias_correction_summary"}
          if "bias_correction" in chosen else {})
+    stacking = {"stacking": "stacking"} if get_task(task_name).stacked_prediction else {}
     template = figures + pipeline([
         node(bind_task(statistics.metric_intervals, task_name), ["predictions", "params:reporting"], "metric_intervals",
              name="bootstrap_metric_intervals"),
         node(bind_task(statistics.subgroup_report, task_name), [subgroup_input, "params:reporting"], "subgroups",
              name="subgroup_report"),
         node(bind_task(nodes.plot_subgroups, task_name), "subgroups", "subgroups_plot", name="plot_subgroups"),
-        node(nodes.to_mlflow_metrics, ["test_metrics", "cv_metrics", "metric_intervals"], "mlflow_metrics",
+        node(nodes.to_mlflow_metrics, {"metrics": "test_metrics", "cv_metrics": "cv_metrics",
+                                       "metric_intervals": "metric_intervals"} | stacking, "mlflow_metrics",
              name="log_test_metrics"),
         node(nodes.log_fold_metrics, ["cv_metrics", "training_history"], "fold_run_metrics", name="log_fold_metrics"),
-        node(bind_task(html.build_report, task_name), report_inputs, "report", name="build_report"),
+        node(bind_task(html.build_report, task_name), report_inputs | stacking, "report", name="build_report"),
     ])
     inputs = template.inputs()
     shared = set() if get_task(task_name).own_cohort else SHARED_INPUTS  # else <task>.volume_store, <task>.qc_table

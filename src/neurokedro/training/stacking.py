@@ -1,0 +1,218 @@
+"""Stacking a network's per-scan predictions with a ridge model on tissue volumes.
+
+A CNN on ~100 training scans and a linear model on grey-matter, white-matter and CSF volumes
+make partly different errors (on IXI, r ≈ 0.7 between their out-of-fold errors), so a weighted
+sum of the two predicts better than either. This is stacked generalisation (Wolpert 1992,
+Neural Networks 5:241) with non-negative weights (Breiman 1996, Machine Learning 24:49), as
+used for brain age across MRI-derived feature sets by Engemann et al. 2020 (eLife 9:e54055).
+
+The base model on tissue volumes is scikit-learn's ``RidgeCV`` on standardised features: the
+CSF, GM and WM fractions of the intracranial volume (their sum) and the intracranial volume in
+mL, counted on the cohort's own tissue label maps on the store's grid. The meta-model is a
+``LinearRegression(positive=True)`` of the target on ``[network prediction, tissue-volume
+prediction]``, fitted on out-of-fold predictions only, so neither model's training scans
+inform the weights:
+
+    stacked = intercept + w_network * network + w_volumes * tissue_volume_model
+
+Both fitted models are kept as plain numbers (:func:`fit_stacking`'s ``model``), so the predict
+pipeline applies exactly the same arithmetic to new scans (:func:`apply_stacking`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.linear_model import LinearRegression, RidgeCV
+from sklearn.preprocessing import StandardScaler
+
+from neurokedro.evaluation.segmentation import voxel_volume_ml
+from neurokedro.imaging.tissue import TISSUE_CLASSES
+from neurokedro.io.volume_store import VolumeStore, read_row
+
+#: The references of the method, stored beside the coefficients.
+REFERENCE = ("Wolpert 1992, Neural Networks 5:241; Breiman 1996, Machine Learning 24:49; "
+             "Engemann et al. 2020, eLife 9:e54055")
+
+#: Feature names of :func:`volume_features`, in column order.
+FEATURES = ("CSF_fraction", "GM_fraction", "WM_fraction", "intracranial_volume_ml")
+
+#: Ridge penalties tried by ``RidgeCV`` (efficient leave-one-out on the training scans).
+DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-3, 3, 13))
+
+
+def stacking_columns(column: str) -> list[str]:
+    """The columns a stacked predictions table has beside the stacked ``column`` (e.g.
+    ``predicted_age``): the network's prediction, the tissue-volume ridge's, and whether the
+    scan was stacked (False: it had no tissue volumes and keeps the network's prediction)."""
+    return [f"network_{column}", f"tissue_volume_{column}", f"{column}_stacked"]
+
+
+def tissue_volumes_ml(volume_store: VolumeStore, rows: Sequence[int]) -> pd.DataFrame:
+    """CSF, GM and WM volumes in mL of the store's label maps.
+
+    Args:
+        volume_store: a store whose labels are tissue classes (0 background, 1 CSF, 2 GM, 3 WM:
+            :data:`neurokedro.imaging.tissue.TISSUE_CLASSES`), as the cohort's label lookup
+            writes them.
+        rows: store rows to measure.
+
+    Returns:
+        One row per entry of ``rows``: ``row`` and ``volume_ml_CSF``, ``volume_ml_GM``,
+        ``volume_ml_WM`` (float64, mL on the store's grid: in MNI152 space after registration,
+        so head size is scaled out). NaN for a scan without a label map (labels -1), with an
+        empty one, or whose preprocessing failed (non-finite affine); all NaN when the store has
+        no labels.
+    """
+    rows = [int(r) for r in rows]
+    names = [name for k, name in TISSUE_CLASSES.items() if k]
+    volumes = np.full((len(rows), len(names)), np.nan)
+    if volume_store.labels is not None:
+        for i, row in enumerate(rows):
+            affine = np.asarray(volume_store.affines[row], dtype=float)
+            labels = read_row(volume_store.labels, row)
+            if not np.isfinite(affine).all() or (labels < 0).any() or not (labels > 0).any():
+                continue
+            counts = np.bincount(labels.ravel().astype(np.int64), minlength=len(TISSUE_CLASSES))
+            volumes[i] = counts[[k for k in TISSUE_CLASSES if k]] * voxel_volume_ml(affine)
+    return pd.DataFrame({"row": rows, **{f"volume_ml_{name}": volumes[:, j] for j, name in enumerate(names)}})
+
+
+def volume_features(volumes: pd.DataFrame) -> np.ndarray:
+    """The ridge model's (N, 4) float64 features: CSF, GM and WM fractions of their sum (the
+    intracranial volume), and that sum in mL (:data:`FEATURES`). NaN rows stay NaN.
+
+    Args:
+        volumes: from :func:`tissue_volumes_ml` (columns ``volume_ml_CSF/GM/WM``).
+    """
+    tissue = volumes[["volume_ml_CSF", "volume_ml_GM", "volume_ml_WM"]].to_numpy(float)
+    icv = tissue.sum(axis=1, keepdims=True)
+    return np.column_stack([tissue / icv, icv])
+
+
+def _fit_ridge(x: np.ndarray, y: np.ndarray, alphas: Sequence[float]) -> dict[str, Any]:
+    scaler = StandardScaler().fit(x)
+    ridge = RidgeCV(alphas=alphas).fit(scaler.transform(x), y)
+    return {"mean": scaler.mean_.tolist(), "scale": scaler.scale_.tolist(), "coef": ridge.coef_.tolist(),
+            "intercept": float(ridge.intercept_), "alpha": float(ridge.alpha_)}
+
+
+def _ridge_predict(ridge: Mapping[str, Any], x: np.ndarray) -> np.ndarray:
+    return (x - np.asarray(ridge["mean"])) / np.asarray(ridge["scale"]) @ np.asarray(ridge["coef"]) + ridge["intercept"]
+
+
+def _fit_meta(network: np.ndarray, volumes: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    meta = LinearRegression(positive=True).fit(np.column_stack([network, volumes]), y)
+    return {"w_network": float(meta.coef_[0]), "w_tissue_volumes": float(meta.coef_[1]), "intercept": float(meta.intercept_)}
+
+
+def _meta_predict(meta: Mapping[str, Any], network: np.ndarray, volumes: np.ndarray) -> np.ndarray:
+    return meta["intercept"] + meta["w_network"] * np.asarray(network, float) + meta["w_tissue_volumes"] * volumes
+
+
+def fit_stacking(
+    network: np.ndarray,
+    features: np.ndarray,
+    target: np.ndarray,
+    folds: np.ndarray,
+    is_test: np.ndarray,
+    fold_network: Mapping[int, np.ndarray] | None = None,
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
+) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray], dict[str, Any]]:
+    """Fit the tissue-volume ridge and the stacking weights on the training scans' folds.
+
+    Training scans (``~is_test``) carry out-of-fold network predictions. For each fold k the
+    ridge is fitted on the other folds (its out-of-fold prediction of fold k), and fold k's
+    stacked prediction uses weights fitted on the other folds' out-of-fold pairs (cross-fitted,
+    so the cross-validated metrics of the stacked prediction are not in-sample). Test scans get
+    the ridge fitted on every training scan and the weights fitted on every out-of-fold pair.
+
+    Args:
+        network: (N,) the network's predictions in the target's unit: out-of-fold for training
+            scans, the fold ensemble's for test scans.
+        features: (N, F) from :func:`volume_features`; rows with a NaN are not stacked.
+        target: (N,) the target (e.g. age in years); only the training scans' values are used.
+        folds: (N,) int fold of each training scan (ignored for test scans).
+        is_test: (N,) bool, True for held-out test scans.
+        fold_network: ``{k: (T,) predictions of the T test scans by fold k's model}``, in the
+            order of the test rows, for per-fold test predictions (optional).
+        alphas: ridge penalties tried by ``RidgeCV``.
+
+    Returns:
+        ``(stacked, tissue_volume_prediction, fold_stacked, model)``: (N,) float64 stacked
+        predictions (the network's where a scan has no features); (N,) float64 ridge
+        predictions (out-of-fold for training scans; NaN without features); ``{k: (T,) stacked
+        test predictions of fold k}`` (fold k's ridge and weights; the network's where features
+        are missing); and the fitted ``model`` (JSON-serialisable: ``features``, ``ridge`` and
+        ``meta`` for :func:`apply_stacking`, the per-fold ``folds`` models, ``n_train``,
+        ``method``, ``reference``).
+
+    Raises:
+        ValueError: if fewer than 2 folds, or fewer than 3 training scans per fit, have features.
+    """
+    network, target = np.asarray(network, float), np.asarray(target, float)
+    is_test, folds = np.asarray(is_test, bool), np.asarray(folds)
+    usable = np.isfinite(features).all(axis=1) & np.isfinite(network)
+    train = ~is_test & usable & np.isfinite(target)
+    fold_ids = sorted(int(f) for f in np.unique(folds[train]))
+    if len(fold_ids) < 2:
+        raise ValueError(f"stacking needs >= 2 folds of training scans with tissue volumes; got {fold_ids}")
+    volume_prediction = np.full(len(network), np.nan)
+    per_fold: dict[int, dict[str, Any]] = {}
+    for k in fold_ids:
+        fit_on, held_out = train & (folds != k), train & (folds == k)
+        if fit_on.sum() < 3:
+            raise ValueError(f"stacking: only {int(fit_on.sum())} training scans with tissue volumes outside fold {k}")
+        per_fold[k] = {"ridge": _fit_ridge(features[fit_on], target[fit_on], alphas)}
+        volume_prediction[held_out] = _ridge_predict(per_fold[k]["ridge"], features[held_out])
+    stacked = network.copy()
+    for k in fold_ids:
+        fit_on, held_out = train & (folds != k), train & (folds == k)
+        per_fold[k]["meta"] = _fit_meta(network[fit_on], volume_prediction[fit_on], target[fit_on])
+        stacked[held_out] = _meta_predict(per_fold[k]["meta"], network[held_out], volume_prediction[held_out])
+    model = {"features": list(FEATURES), "ridge": _fit_ridge(features[train], target[train], alphas),
+             "meta": _fit_meta(network[train], volume_prediction[train], target[train]),
+             "folds": {str(k): v for k, v in per_fold.items()}, "n_train": int(train.sum()),
+             "method": "RidgeCV on tissue volumes; LinearRegression(positive=True) on out-of-fold predictions",
+             "reference": REFERENCE}
+    test = is_test & usable
+    volume_prediction[test] = _ridge_predict(model["ridge"], features[test])
+    stacked[test] = _meta_predict(model["meta"], network[test], volume_prediction[test])
+    fold_stacked = {}
+    test_rows = np.flatnonzero(is_test)
+    for k, predictions in (fold_network or {}).items():
+        predictions = np.asarray(predictions, float)
+        ok = usable[test_rows] & np.isfinite(predictions)
+        out = predictions.copy()
+        if int(k) in per_fold:
+            part = per_fold[int(k)]
+            out[ok] = _meta_predict(part["meta"], predictions[ok], _ridge_predict(part["ridge"], features[test_rows][ok]))
+        fold_stacked[int(k)] = out
+    return stacked, volume_prediction, fold_stacked, model
+
+
+def apply_stacking(model: Mapping[str, Any], network: np.ndarray, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The stacked prediction of new scans with a model from :func:`fit_stacking`.
+
+    Args:
+        model: the fitted ``model`` (``ridge``, ``meta``).
+        network: (N,) the network's predictions (the fold ensemble's, for new scans).
+        features: (N, F) from :func:`volume_features`.
+
+    Returns:
+        ``(stacked, tissue_volume_prediction)``, (N,) float64 each; where a scan has no features
+        (NaN), ``stacked`` is the network's prediction and the other NaN.
+
+    Raises:
+        KeyError: if ``model`` lacks ``ridge`` or ``meta``.
+    """
+    network = np.asarray(network, float)
+    ok = np.isfinite(features).all(axis=1) & np.isfinite(network)
+    volume_prediction = np.full(len(network), np.nan)
+    volume_prediction[ok] = _ridge_predict(model["ridge"], features[ok])
+    stacked = network.copy()
+    stacked[ok] = _meta_predict(model["meta"], network[ok], volume_prediction[ok])
+    return stacked, volume_prediction

@@ -1,0 +1,121 @@
+"""Stacking the network's brain-age predictions with a ridge model on tissue volumes."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from neurokedro.io.volume_store import VolumeStore
+from neurokedro.pipelines.modelling.nodes import evaluate_model, stack_with_tissue_volumes
+from neurokedro.pipelines.predict.nodes import predict_task
+from neurokedro.training.stacking import apply_stacking, fit_stacking, tissue_volumes_ml, volume_features
+
+GRID = (8, 8, 8)  # 512 voxels of 2 mm: 4.096 mL
+
+
+def _cohort(n=60, seed=0, unlabelled=(30,)):
+    """n scans whose grey-matter fraction falls with age (plus noise), 2 mm voxels; the scans in
+    ``unlabelled`` have no label map (-1). A fake network predicts age with an independent error.
+    Returns the store and a ``predict_scans``-like table: 12 test scans, 4 folds of the rest."""
+    rng = np.random.default_rng(seed)
+    age = rng.uniform(20, 80, n)
+    gm = np.clip(np.round(330 - 2.5 * age + rng.normal(0, 20, n)), 50, 400).astype(int)
+    csf = np.clip(np.round(40 + 1.2 * age + rng.normal(0, 15, n)), 5, 200).astype(int)
+    labels = np.zeros((n, 1, *GRID), np.int16)
+    for i in range(n):
+        flat = np.zeros(np.prod(GRID), np.int16)
+        flat[:gm[i]], flat[gm[i]:gm[i] + csf[i]], flat[gm[i] + csf[i]:480] = 2, 1, 3  # 32 voxels background
+        labels[i, 0] = flat.reshape(GRID)
+    labels[list(unlabelled)] = -1
+    index = pd.DataFrame({"row": np.arange(n), "subject_id": [f"s{i}" for i in range(n)], "session_id": "1",
+                          "age": age, "preprocess_ok": True})
+    store = VolumeStore(index=index, images=np.zeros((n, 1, *GRID), np.float32),
+                        affines=np.tile(np.diag([2.0, 2.0, 2.0, 1.0]), (n, 1, 1)), labels=labels)
+    network = age + rng.normal(0, 6, n)
+    split = np.where(np.arange(n) < 12, "test", "train")
+    table = index[["row", "subject_id", "session_id"]].assign(
+        split=split, fold=np.where(split == "test", -1, np.arange(n) % 4), age=age, chronological_age=age,
+        predicted_age=network, brain_age_gap=network - age, source=np.where(split == "test", "fold_ensemble", "out_of_fold"))
+    test = table[table["split"] == "test"]
+    folds = pd.concat([test.drop(columns="source").assign(predicted_age=test["predicted_age"] + k, model_fold=k)
+                       for k in range(4)], ignore_index=True)
+    return store, table, folds
+
+
+def test_tissue_volumes_count_each_class_in_ml_and_are_nan_without_a_label_map():
+    store, _, _ = _cohort(n=8, unlabelled=(5,))
+    volumes = tissue_volumes_ml(store, [0, 5, 7])
+    counts = np.bincount(store.labels[0].ravel(), minlength=4)
+    np.testing.assert_allclose(volumes.iloc[0][["volume_ml_CSF", "volume_ml_GM", "volume_ml_WM"]].to_numpy(float),
+                               counts[1:] * 0.008)  # 2 mm voxels: 8 mm³
+    assert volumes.loc[1].drop("row").isna().all() and volumes.loc[2].drop("row").notna().all()
+    features = volume_features(volumes)
+    assert features.shape == (3, 4)
+    np.testing.assert_allclose(features[0, :3].sum(), 1.0)
+    np.testing.assert_allclose(features[0, 3], 480 * 0.008)  # intracranial volume: every tissue voxel
+    no_labels = VolumeStore(index=store.index, images=store.images, affines=store.affines)
+    assert tissue_volumes_ml(no_labels, [0, 1]).drop(columns="row").isna().all().all()
+
+
+def test_stacking_beats_both_models_out_of_fold_and_predict_applies_the_same_model():
+    store, table, folds = _cohort()
+    predictions, fold_predictions, model = stack_with_tissue_volumes(table, folds, store, {"enabled": True},
+                                                                     "age_regression")
+    summary = model["summary"]
+    # two predictors with independent errors: the stack is better than either, out of fold (cross-fitted)
+    assert summary["out_of_fold_mae_stacked"] < min(summary["out_of_fold_mae_network"],
+                                                    summary["out_of_fold_mae_tissue_volumes"])
+    assert model["meta"]["w_network"] > 0 and model["meta"]["w_tissue_volumes"] > 0
+    np.testing.assert_array_equal(predictions["network_predicted_age"], table["predicted_age"])
+    np.testing.assert_allclose(predictions["brain_age_gap"], predictions["predicted_age"] - predictions["age"])
+    # the scan without a label map keeps the network's prediction, and says so
+    unlabelled = predictions["row"] == 30  # a training scan: out of the stacking fit, and of its metrics
+    assert not predictions.loc[unlabelled, "predicted_age_stacked"].any()
+    assert predictions.loc[unlabelled, "predicted_age"].equals(table.loc[unlabelled, "predicted_age"])
+    assert predictions.loc[~unlabelled, "predicted_age_stacked"].all()
+    # each fold model's test predictions are stacked with that fold's ridge and weights
+    assert len(fold_predictions) == len(folds) and set(fold_predictions["model_fold"]) == {0, 1, 2, 3}
+    assert not np.allclose(fold_predictions["predicted_age"], fold_predictions["network_predicted_age"])
+    test_metrics, cv_metrics = evaluate_model(predictions, fold_predictions, "age_regression")
+    assert test_metrics["mae"] == pytest.approx(summary["test_mae_stacked"])
+    # the predict pipeline's arithmetic on the test scans gives the pipeline's own test predictions
+    test = predictions["split"] == "test"
+    features = volume_features(tissue_volumes_ml(store, predictions.loc[test, "row"]))
+    stacked, _ = apply_stacking(model, predictions.loc[test, "network_predicted_age"].to_numpy(), features)
+    np.testing.assert_allclose(stacked, predictions.loc[test, "predicted_age"])
+
+
+def test_predict_task_stacks_the_latest_network_only():
+    store, table, folds = _cohort(n=20, unlabelled=(5,))
+    _, _, model = stack_with_tissue_volumes(table, folds, store, {"enabled": True}, "age_regression")
+
+    class Constant(__import__("torch").nn.Module):
+        def forward(self, x):
+            return x.new_full((x.shape[0], 1), 50.0)
+
+    out = predict_task(Constant(), store, {"models": {"age_regression": "latest"}, "test_time_flip": False},
+                       "age_regression", stacking=model)
+    expected, _ = apply_stacking(model, np.full(20, 50.0), volume_features(tissue_volumes_ml(store, range(20))))
+    np.testing.assert_allclose(out["predicted_age"], expected, rtol=1e-6)
+    assert (out["network_predicted_age"] == 50.0).all() and out["predicted_age_stacked"].sum() == 19
+    plain = predict_task(Constant(), store, {"models": {"age_regression": "latest"}, "test_time_flip": False},
+                         "age_regression", stacking={"enabled": False})
+    assert (plain["predicted_age"] == 50.0).all() and "predicted_age_stacked" not in plain
+
+
+def test_stacking_disabled_or_impossible_keeps_the_network_predictions():
+    store, table, folds = _cohort(n=20, unlabelled=(5,))
+    same = stack_with_tissue_volumes(table, folds, store, {"enabled": False}, "age_regression")
+    assert same[0] is table and same[1] is folds and same[2]["enabled"] is False
+    no_labels = VolumeStore(index=store.index, images=store.images, affines=store.affines)
+    predictions, fold_predictions, model = stack_with_tissue_volumes(table, folds, no_labels, {"enabled": True},
+                                                                     "age_regression")
+    assert predictions is table and fold_predictions is folds
+    assert model["enabled"] is False and "tissue label maps" in model["reason"]
+    with pytest.raises(ValueError, match="stacked_prediction"):
+        stack_with_tissue_volumes(table, folds, store, {"enabled": True}, "sex_classification")
+
+
+def test_fit_stacking_needs_two_folds_with_features():
+    features = np.ones((6, 4))
+    with pytest.raises(ValueError, match=">= 2 folds"):
+        fit_stacking(np.arange(6.0), features, np.arange(6.0), np.zeros(6, int), np.zeros(6, bool))
