@@ -83,12 +83,14 @@ def kedro_run(work: Path, pipeline: str, env: str | None, overrides: list[str]) 
 
 def results(work: Path, pipeline: str) -> dict:
     """The run's test metrics (fold ensemble), cross-validation table, bootstrap intervals,
-    subgroup table and (brain age) bias-correction summary."""
+    subgroup table and (brain age) bias-correction summary and stacking model."""
     reports = work / "data/08_reporting" / pipeline
     optional = {key: reports / name for key, name in (("intervals", "metric_intervals.csv"), ("subgroups", "subgroup_metrics.csv"),
                                                       ("bias", "bias_correction_summary.csv"))}
+    stacking = work / "data/06_models" / pipeline / "stacking.json"
     return {"test": json.loads((reports / "test_metrics.json").read_text()),
             "cv": pd.read_csv(reports / "cv_metrics.csv").set_index("fold"),
+            **({"stacking": json.loads(stacking.read_text())} if stacking.is_file() else {}),
             **{key: pd.read_csv(path) for key, path in optional.items() if path.is_file()}}
 
 
@@ -136,6 +138,15 @@ def main() -> None:
                 ci = r["intervals"].set_index("metric").loc[metric]
                 line += f" [95 % CI {ci['ci_low']:.3f}, {ci['ci_high']:.3f}]"
             print(line, flush=True)
+        if r.get("stacking", {}).get("enabled"):
+            summary, meta = r["stacking"]["summary"], r["stacking"]["meta"]
+            print(f"   stacked with tissue volumes (weights: network {meta['w_network']:.3f}, tissue volumes "
+                  f"{meta['w_tissue_volumes']:.3f}); out-of-fold / test:")
+            for part in ("network", "tissue_volumes", "stacked"):
+                values = [f"{summary[key]:.3f}" for key in sorted(summary) if key.endswith(f"_{part}")]
+                print(f"     {part:15s} " + " / ".join(values))
+        elif "stacking" in r:
+            print(f"   not stacked: {r['stacking'].get('reason')}")
         if "bias" in r:
             print("   brain-age gap before/after bias correction (fitted out-of-fold):")
             print(r["bias"].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
