@@ -185,7 +185,26 @@ def test_split_honours_a_fixed_test_set_and_skips_failed_scans():
     splits = split_by_subject(store, {"n_folds": 3, "seed": 0})
     assert set(splits.loc[splits["split"] == "test", "subject_id"]) == {"s0", "s1", "s2", "s3"}
     assert "s19" not in set(splits["subject_id"])
-    assert splits.loc[splits["split"] == "train", "fold"].value_counts().sort_index().tolist() == [5, 5, 5]
+    assert splits.loc[splits["split"] == "train", "fold"].value_counts().sum() == 15
+
+
+def test_scans_that_fail_preprocessing_leave_every_other_subject_in_its_set_and_fold():
+    # e.g. registration to MNI152 excludes the scans whose fit fails QC: the others keep the
+    # split they had in scanner space, so the two options are compared on the same test subjects
+    rng = np.random.default_rng(5)
+    n = 60
+    index = pd.DataFrame({"subject_id": [f"s{i}" for i in range(n)], "session_id": "1",
+                          "age": rng.uniform(20, 80, n), "sex": rng.integers(0, 2, n).astype(float)})
+    params = {"test_fraction": 0.2, "n_folds": 5, "seed": 0}
+    all_ok = split_by_subject(_store_with(index), params)
+    store = _store_with(index)
+    failed = ["s3", "s10", "s11", "s40"]
+    store.index.loc[store.index["subject_id"].isin(failed), "preprocess_ok"] = False
+    some_failed = split_by_subject(store, params)
+    assert set(some_failed["subject_id"]) == set(index["subject_id"]) - set(failed)
+    expected = all_ok[~all_ok["subject_id"].isin(failed)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(some_failed, expected)
+    assert (some_failed["split"] == "test").sum() == (expected["split"] == "test").sum() >= 10
 
 
 def test_unlabelled_subjects_join_the_folds_only_and_leave_the_labelled_split_unchanged():

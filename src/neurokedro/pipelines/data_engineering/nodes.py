@@ -507,6 +507,8 @@ def split_by_subject(volume_store: VolumeStore, split: Mapping[str, Any]) -> pd.
     column of the cohort table (``train``/``test``) is honoured: its test scans stay the test set.
     Subjects with no label in ``stratify_by`` (unlabelled scans) never enter the test set; they
     are dealt into the folds after the labelled subjects are split, for label-free tasks.
+    Scans whose preprocessing failed take part in the draw and are then left out, so every other
+    subject keeps its set and fold whichever scans a preprocessing option excludes.
 
     Args:
         volume_store: the store (its index holds the cohort columns and ``preprocess_ok``).
@@ -522,9 +524,13 @@ def split_by_subject(volume_store: VolumeStore, split: Mapping[str, Any]) -> pd.
         ValueError: if ``n_folds < 2`` or there are fewer training subjects than folds.
         AssertionError: if a subject ends up in two sets or two folds (guards regressions).
     """
-    scans = volume_store.preprocessed_index.reset_index(drop=True)
-    if scans.empty:
+    if volume_store.preprocessed_index.empty:
         raise EmptyCohortError("No scan was preprocessed successfully; see data/08_reporting/qc_table.csv")
+    # The split is drawn over every scan of the store, whether or not its preprocessing succeeded,
+    # and the failed scans are dropped afterwards: so a subject's set and fold do not depend on
+    # preprocessing options, and two of them (e.g. scanner space against registration to MNI152,
+    # which excludes the scans whose fit fails QC) are compared on the same test subjects.
+    scans = volume_store.index.reset_index(drop=True)
     seed, n_folds = int(split.get("seed", 42)), int(split.get("n_folds", 5))
     stratify_by = list(split.get("stratify_by", ["sex", "age"]))
     unlabelled = _unlabelled_subjects(scans, stratify_by)
@@ -553,9 +559,12 @@ def split_by_subject(volume_store: VolumeStore, split: Mapping[str, Any]) -> pd.
         fold_of = {subjects[i]: k % n_folds for k, i in enumerate(order)}
         result.loc[free, "fold"] = scans.loc[free, "subject_id"].map(fold_of).to_numpy()
         logger.info("%d scan(s) of %d subject(s) without labels go to the training folds only", len(free), len(subjects))
+    if "preprocess_ok" in scans:
+        result = result[scans["preprocess_ok"].astype(bool).to_numpy()].reset_index(drop=True)
     assert_no_subject_leakage(result)
+    folds = result.loc[result["subject_id"].isin(labelled.loc[rest, "subject_id"]), "fold"]
     logger.info("Split: %d test scans; %d-fold cross-validation over %d scans (%s per fold)", int((result["split"] == "test").sum()),
-                result.loc[rest, "fold"].nunique(), len(rest), result.loc[rest, "fold"].value_counts().sort_index().tolist())
+                folds.nunique(), len(folds), folds.value_counts().sort_index().tolist())
     return result
 
 
