@@ -204,7 +204,7 @@ def test_scans_that_fail_preprocessing_leave_every_other_subject_in_its_set_and_
     assert set(some_failed["subject_id"]) == set(index["subject_id"]) - set(failed)
     expected = all_ok[~all_ok["subject_id"].isin(failed)].reset_index(drop=True)
     pd.testing.assert_frame_equal(some_failed, expected)
-    assert (some_failed["split"] == "test").sum() == (expected["split"] == "test").sum() >= 10
+    assert (some_failed["split"] == "test").sum() >= 10
 
 
 def test_unlabelled_subjects_join_the_folds_only_and_leave_the_labelled_split_unchanged():

@@ -524,8 +524,10 @@ def split_by_subject(volume_store: VolumeStore, split: Mapping[str, Any]) -> pd.
         ValueError: if ``n_folds < 2`` or there are fewer training subjects than folds.
         AssertionError: if a subject ends up in two sets or two folds (guards regressions).
     """
-    if volume_store.preprocessed_index.empty:
+    preprocessed = volume_store.preprocessed_index
+    if preprocessed.empty:
         raise EmptyCohortError("No scan was preprocessed successfully; see data/08_reporting/qc_table.csv")
+    kept = volume_store.index.index.isin(preprocessed.index)
     # The split is drawn over every scan of the store, whether or not its preprocessing succeeded,
     # and the failed scans are dropped afterwards: so a subject's set and fold do not depend on
     # preprocessing options, and two of them (e.g. scanner space against registration to MNI152,
@@ -559,8 +561,7 @@ def split_by_subject(volume_store: VolumeStore, split: Mapping[str, Any]) -> pd.
         fold_of = {subjects[i]: k % n_folds for k, i in enumerate(order)}
         result.loc[free, "fold"] = scans.loc[free, "subject_id"].map(fold_of).to_numpy()
         logger.info("%d scan(s) of %d subject(s) without labels go to the training folds only", len(free), len(subjects))
-    if "preprocess_ok" in scans:
-        result = result[scans["preprocess_ok"].astype(bool).to_numpy()].reset_index(drop=True)
+    result = result[kept].reset_index(drop=True)
     assert_no_subject_leakage(result)
     folds = result.loc[result["subject_id"].isin(labelled.loc[rest, "subject_id"]), "fold"]
     logger.info("Split: %d test scans; %d-fold cross-validation over %d scans (%s per fold)", int((result["split"] == "test").sum()),
