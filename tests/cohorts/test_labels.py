@@ -1,8 +1,10 @@
 import math
 
+import numpy as np
+import pandas as pd
 import pytest
 
-from neurokedro.cohorts.labels import LabelError, parse_age, parse_sex
+from neurokedro.cohorts.labels import LabelError, as_text, parse_age, parse_sex
 
 
 @pytest.mark.parametrize(
@@ -37,3 +39,9 @@ def test_parse_sex_custom_mapping_and_errors():
     with pytest.raises(LabelError, match="accepted"):
         parse_sex("X")
     assert math.isnan(parse_sex(None))
+
+
+def test_as_text_names_every_missing_value_alike_on_any_pandas():
+    values = pd.Series([1.0, np.nan, "a", None, pd.NA], dtype=object)
+    assert as_text(values).tolist() == ["1.0", "unknown", "a", "unknown", "unknown"]
+    assert as_text(pd.Series([np.nan, 2.0]), missing="").tolist() == ["", "2.0"]

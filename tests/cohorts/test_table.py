@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from neurokedro.cohorts.base import DataRootError
+from neurokedro.cohorts.base import WHITESPACE_NOTE, DataRootError, standardise_columns
 from neurokedro.cohorts.table import TableCohort
 
 
@@ -57,3 +57,25 @@ def test_images_missing_from_the_table_join_as_unlabelled_rows_with_the_lookup(t
     with pytest.raises(DataRootError, match="label_lookup"):
         TableCohort(table="demo.csv", columns={"subject_id": "MRID"}, image_template="t1/{MRID}_T1.nii.gz",
                     label_template="x/{MRID}", label_lookup="absent.csv", data_root=str(tmp_path)).build()
+
+
+def test_ids_and_values_are_read_without_surrounding_white_space_and_stripped_ids_are_noted(tmp_path):
+    # "  sub-01  " is sub-01, as pandas' skipinitialspace and BIDS tools read it (issue 26)
+    (tmp_path / "labels.csv").write_text("ID,Years,Gender,Scanner,visit\n  sub-01  ,  30 , f ,  X,  a b \nsub-02,22-25,M,Y,c\n")
+    cohort = standardise_columns(TableCohort(
+        table="labels.csv", columns={"subject_id": "ID", "age": "Years", "sex": "Gender", "site": "Scanner"},
+        image_template="t1/{ID}_T1.nii.gz", data_root=str(tmp_path),
+    ).build())
+    assert list(cohort["subject_id"]) == ["sub-01", "sub-02"]
+    assert cohort.loc[0, "image_path"] == str(tmp_path.resolve() / "t1" / "sub-01_T1.nii.gz")
+    assert cohort.loc[0, ["age", "sex", "site", "visit"]].tolist() == ["30", "f", "X", "a b"]
+    assert cohort[WHITESPACE_NOTE].tolist() == ["subject_id '  sub-01  '", None]
+
+
+def test_standard_columns_of_any_adapter_are_stripped_and_a_blank_id_stays_missing():
+    table = pd.DataFrame({"subject_id": [" a ", "   ", None], "session_id": ["1 ", None, "2"],
+                          "image_path": ["x.nii", "y.nii", "z.nii"], "sex": [" M", "F", None]})
+    out = standardise_columns(table)
+    assert out["subject_id"].tolist() == ["a", None, None]  # blank: check_scans reports missing_id
+    assert out["session_id"].tolist() == ["1", "1", "2"] and out["sex"].tolist() == ["M", "F", None]
+    assert out[WHITESPACE_NOTE].tolist() == ["subject_id ' a '; session_id '1 '", "subject_id '   '", None]

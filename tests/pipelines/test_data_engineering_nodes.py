@@ -12,6 +12,7 @@ from neurokedro.io.volume_store import VolumeStore, VolumeStoreDataset
 from neurokedro.pipelines.data_engineering import nodes
 from neurokedro.pipelines.data_engineering.nodes import (
     EmptyCohortError,
+    _strata,
     check_scans,
     compile_qc_table,
     encode_labels,
@@ -568,3 +569,23 @@ def test_check_scans_refuses_a_meaningless_time_points(tmp_path):
     table, _ = encode_labels(_series_cohort(tmp_path, volumes=(2,)), LABELS)
     with pytest.raises(ValueError, match="time_points"):
         check_scans(table, {"time_points": 0})
+
+
+@pytest.mark.parametrize("missing", [np.nan, None])
+def test_a_scan_missing_a_stratification_label_is_split_in_an_unknown_stratum(missing):
+    # Under pandas 3, astype(str) keeps NaN, and joining the strata crashed the whole split (issue 26)
+    n = 40
+    rng = np.random.default_rng(2)
+    index = pd.DataFrame({"subject_id": [f"s{i}" for i in range(n)], "session_id": "1",
+                          "age": rng.uniform(20, 80, n), "sex": [0.0, 1.0] * (n // 2)}, dtype=object)
+    index.loc[[3, 7, 11], "age"] = missing      # an unusable age: its QC row says so, the scan stays
+    index.loc[[5, 9], "sex"] = missing
+    index.loc[[13], ["age", "sex"]] = missing  # no label at all: never in the test set
+    index[["age", "sex"]] = index[["age", "sex"]].astype(float)
+    splits = split_by_subject(_store_with(index), {"test_fraction": 0.2, "n_folds": 5, "seed": 0})
+    assert len(splits) == n and set(splits["subject_id"]) == set(index["subject_id"])
+    assert splits.set_index("subject_id").loc["s13", "split"] == "train"
+    assert sorted(splits.loc[splits["split"] == "train", "fold"].unique()) == [0, 1, 2, 3, 4]
+    strata = _strata(index, ["sex", "age"], 4)
+    assert strata[0].loc[3].endswith("|unknown") and strata[0].loc[5].startswith("unknown|")
+    assert strata[1].loc[5] == "unknown" and strata[1].loc[3] == "1.0"  # the coarser level keeps its sex

@@ -17,6 +17,12 @@ split           str|None  optional fixed split (``train``/``test``); honoured by
 
 Any other column the cohort carries is kept. Label parsing (age ranges, sex codes) happens in
 the ``encode_labels`` node so that every adapter shares one implementation.
+
+Text cells are read without the white space around them (``"  sub-01  "`` is ``sub-01``, as
+pandas' ``skipinitialspace`` and BIDS tools read it): :func:`standardise_columns` strips every
+adapter's standard columns, and an adapter that builds paths from its own columns strips them
+first with :func:`strip_whitespace`. An id that had to be stripped is noted in the column
+``whitespace_stripped``, which QC turns into a ``whitespace`` finding (the scan is kept).
 """
 
 from __future__ import annotations
@@ -42,6 +48,12 @@ COHORT_COLUMNS: tuple[str, ...] = (
 )
 
 
+#: Columns whose stripped white space is reported (an id names files and joins tables).
+ID_COLUMNS: tuple[str, ...] = ("subject_id", "session_id")
+#: The column that notes the ids :func:`strip_whitespace` changed (``subject_id '  sub-01  '``).
+WHITESPACE_NOTE = "whitespace_stripped"
+
+
 class DataRootError(FileNotFoundError):
     """Raised when a cohort's data folder is missing; the message says what to set."""
 
@@ -65,6 +77,48 @@ class CohortAdapter(ABC):
         """Return the cohort table (columns: :data:`COHORT_COLUMNS` plus any extras)."""
 
 
+def strip_whitespace(table: pd.DataFrame, report: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """The table with the white space around every text cell stripped; blank cells become None.
+
+    Args:
+        table: any table (cells of any type; only ``str`` cells change).
+        report: column -> the name to report it by (e.g. ``{"MRID": "subject_id"}``): a row in
+            which one of these columns changed gets a note ``subject_id '  sub-01  '`` in the
+            :data:`WHITESPACE_NOTE` column, appended to a note it already has.
+
+    Returns:
+        A new DataFrame, with the :data:`WHITESPACE_NOTE` column when ``report`` is given.
+    """
+    out = table.copy()
+    notes = [[] for _ in range(len(out))]
+    for column in out.columns:
+        if column == WHITESPACE_NOTE:
+            continue
+        values = out[column].astype(object).tolist()
+        if not any(isinstance(v, str) for v in values):
+            continue  # numbers (or nothing) only: left as they are
+        stripped = [v.strip() if isinstance(v, str) else v for v in values]
+        if column in (report or {}):
+            for i, (before, after) in enumerate(zip(values, stripped)):
+                if isinstance(before, str) and before != after:
+                    notes[i].append(f"{report[column]} {before!r}")
+        out[column] = pd.Series([None if v == "" or _is_na(v) else v for v in stripped], index=out.index, dtype=object)
+    if report is not None:
+        previous = out[WHITESPACE_NOTE].tolist() if WHITESPACE_NOTE in out else [None] * len(out)
+        out[WHITESPACE_NOTE] = pd.Series(["; ".join(([p] if isinstance(p, str) and p else []) + n) or None
+                                          for p, n in zip(previous, notes)], index=out.index, dtype=object)
+    return out
+
+
+def _is_na(value: Any) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and value != value)
+
+
+def _identifiers(values: pd.Series, missing: str | None) -> pd.Series:
+    """Ids as strings (``None``/NaN as ``missing``), the same under every pandas version."""
+    return pd.Series([missing if _is_na(v) else str(v) for v in values], index=values.index, dtype=object)
+
+
 def standardise_columns(table: pd.DataFrame) -> pd.DataFrame:
     """Add the missing optional standard columns and put the standard ones first.
 
@@ -74,7 +128,9 @@ def standardise_columns(table: pd.DataFrame) -> pd.DataFrame:
     Returns:
         A new DataFrame with every column of :data:`COHORT_COLUMNS` (missing optional ones
         filled with ``None``; ``session_id`` with ``"1"``; ``site`` with ``"unknown"``), identifiers
-        as strings, followed by the table's other columns.
+        as strings (a missing subject id stays None: QC reports it), text cells stripped of
+        surrounding white space (:func:`strip_whitespace`; stripped ids are noted in
+        :data:`WHITESPACE_NOTE`), followed by the table's other columns.
 
     Raises:
         ValueError: if ``subject_id`` or ``image_path`` is missing.
@@ -87,9 +143,17 @@ def standardise_columns(table: pd.DataFrame) -> pd.DataFrame:
     for column in COHORT_COLUMNS:
         if column not in out.columns:
             out[column] = defaults.get(column)
-    out["subject_id"] = out["subject_id"].astype(str)
-    out["session_id"] = out["session_id"].fillna("1").astype(str)
-    out["site"] = out["site"].fillna("unknown").astype(str)
+    standard = [c for c in COHORT_COLUMNS if c not in ("image_path", "label_path")]
+    stripped = strip_whitespace(out[standard + [c for c in [WHITESPACE_NOTE] if c in out]], report={c: c for c in ID_COLUMNS})
+    for column in standard:
+        out[column] = stripped[column]
+    if stripped[WHITESPACE_NOTE].notna().any():
+        out[WHITESPACE_NOTE] = stripped[WHITESPACE_NOTE]
+    else:  # the column is there only when an id was stripped
+        out = out.drop(columns=[WHITESPACE_NOTE], errors="ignore")
+    out["subject_id"] = _identifiers(out["subject_id"], None)
+    out["session_id"] = _identifiers(out["session_id"], "1")
+    out["site"] = _identifiers(out["site"], "unknown")
     extras = [c for c in out.columns if c not in COHORT_COLUMNS]
     return out[list(COHORT_COLUMNS) + extras].reset_index(drop=True)
 

@@ -11,6 +11,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import pandas as pd
+
 #: Encoding of sex used throughout NeuroKedro (the positive class of sex classification is F).
 SEX_CODES: dict[str, int] = {"M": 0, "F": 1}
 
@@ -107,6 +109,30 @@ def parse_sex(value: Any, mapping: Mapping[str, str] | None = None) -> float:
 def is_missing(value: Any) -> bool:
     """True for the values that mean 'no label': None, NaN and blank, "nan", "na", "n/a", "none"."""
     return _is_missing(value)
+
+
+def as_text(values: pd.Series, missing: str = "unknown") -> pd.Series:
+    """Values as strings, every missing one (None, NaN, ``pd.NA``) as ``missing``.
+
+    Use it wherever labels or ids become strings (strata, subgroups, lookup keys):
+    ``Series.astype(str)`` turns NaN into the string ``"nan"`` under pandas < 3 but keeps it
+    missing under pandas >= 3, so joining or comparing its result breaks on one of them.
+
+    Args:
+        values: any Series (numbers, strings, mixed objects).
+        missing: the string that stands for a missing value.
+
+    Returns:
+        An object-dtype Series of ``str`` on the same index.
+    """
+    return pd.Series([missing if _is_na(v) else str(v) for v in values], index=values.index, dtype=object)
+
+
+def _is_na(value: Any) -> bool:
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):  # array-likes are values, not missing
+        return False
 
 
 def _is_missing(value: Any) -> bool:

@@ -9,7 +9,15 @@ from typing import Any
 
 import pandas as pd
 
-from neurokedro.cohorts.base import CohortAdapter, DataRootError, find_images, format_path, resolve_data_root
+from neurokedro.cohorts.base import (
+    ID_COLUMNS,
+    CohortAdapter,
+    DataRootError,
+    find_images,
+    format_path,
+    resolve_data_root,
+    strip_whitespace,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +105,9 @@ class TableCohort(CohortAdapter):
             raise DataRootError(f"Cohort table {str(table_path)!r} does not exist")
         sep = "\t" if table_path.suffix == ".tsv" else ","
         raw = pd.read_csv(table_path, sep=sep, dtype=str, keep_default_na=False, **self.read_args)
+        # stripped before the path templates use them: "  sub-01  " names t1/sub-01_T1.nii.gz
+        ids = {self.columns.get(c, c): c for c in ID_COLUMNS}
+        raw = strip_whitespace(raw, report={c: name for c, name in ids.items() if c in raw.columns}).fillna("")
         out = pd.DataFrame(index=raw.index)
         for standard in ("subject_id", "session_id", "age", "sex", "site", "split"):
             source = self.columns.get(standard, standard)

@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from neurokedro.cohorts.labels import as_text
+
 MetricFunction = Callable[[pd.DataFrame], dict[str, float]]
 
 
@@ -56,7 +58,7 @@ def bootstrap_metrics(
     point = compute_metrics(table)
     names = list(metrics) if metrics is not None else [
         k for k, v in point.items() if k not in {"n", "tn", "fp", "fn", "tp", "threshold"} and np.isfinite(v)]
-    codes, subjects = pd.factorize(table[group].astype(str))
+    codes, subjects = pd.factorize(as_text(table[group]))
     rows_of = [np.flatnonzero(codes == i) for i in range(len(subjects))]
     rng = np.random.default_rng(seed)
     samples = np.full((int(n_resamples), len(names)), np.nan)

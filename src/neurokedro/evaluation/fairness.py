@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 from fairlearn.metrics import MetricFrame
 
+from neurokedro.cohorts.labels import as_text
 from neurokedro.evaluation.bootstrap import MetricFunction, bootstrap_metrics
 
 #: Default age-band edges in years: <35, 35-50, 50-65, >=65.
@@ -63,7 +64,7 @@ def sensitive_features(table: pd.DataFrame, attributes: Sequence[str], age_band_
         if column not in table:
             continue
         values = age_bands(table[column], age_band_edges) if attribute == "age_band" else table[column]
-        groups = values.astype(object).where(values.notna(), "unknown").astype(str)
+        groups = as_text(values)
         if groups.nunique() >= 2:
             out[attribute] = groups
     return out

@@ -23,8 +23,8 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from neurokedro import plugins
-from neurokedro.cohorts.base import CohortAdapter, standardise_columns
-from neurokedro.cohorts.labels import SEX_CODES, LabelError, is_missing, parse_age, parse_sex
+from neurokedro.cohorts.base import WHITESPACE_NOTE, CohortAdapter, standardise_columns
+from neurokedro.cohorts.labels import SEX_CODES, LabelError, as_text, is_missing, parse_age, parse_sex
 from neurokedro.imaging.checks import grid_mismatch, image_findings
 from neurokedro.imaging.intensity import intensity_statistics
 from neurokedro.imaging.preprocess import DEFAULTS as PREPROCESSING_DEFAULTS
@@ -138,9 +138,10 @@ def check_scans(
     Checks: missing file, unreadable or truncated NIfTI (or a header declaring more voxels than
     the file holds), not 3D, singular affine or implausible voxel size, NaN/Inf voxels, constant
     (e.g. all-zero) image, label map missing, unreadable or on another grid, missing subject id,
-    duplicate (subject, session). Each finding carries the offending value. With
-    ``preprocessing.time_points: T``, 4D series are expected instead of 3D scans, and a series
-    of fewer than T volumes is a ``time_points`` finding.
+    duplicate (subject, session). Each finding carries the offending value. An id read with white
+    space around it (stripped by the cohort adapter) is a ``whitespace`` finding with action
+    ``kept``: the scan goes on. With ``preprocessing.time_points: T``, 4D series are expected
+    instead of 3D scans, and a series of fewer than T volumes is a ``time_points`` finding.
 
     Args:
         cohort_table: table from :func:`encode_labels`.
@@ -163,6 +164,9 @@ def check_scans(
     duplicated = table.duplicated(subset=["subject_id", "session_id"], keep="first")
     for i, row in enumerate(table.to_dict("records")):
         path = row["image_path"]
+        if not _is_blank(row.get(WHITESPACE_NOTE)):
+            findings.append(_finding(row, path, "whitespace", row[WHITESPACE_NOTE],
+                                     "white space around the id was stripped; the value shows it as written", "kept"))
         if _is_blank(row.get("subject_id")) or str(row.get("subject_id")).strip().lower() in {"none", "nan"}:
             findings.append(_finding(row, path, "missing_id", row.get("subject_id"), "the row has no subject id", "scan excluded"))
             keep.append(False)
@@ -539,7 +543,7 @@ def split_by_subject(volume_store: VolumeStore, split: Mapping[str, Any]) -> pd.
     labelled = scans[~unlabelled]
     strata = _strata(labelled, stratify_by, int(split.get("age_bins", 4)))
     assigned = pd.Series("train", index=scans.index, dtype=object)
-    fixed = scans["split"].astype(str).str.lower() if "split" in scans else None
+    fixed = as_text(scans["split"], missing="").str.strip().str.lower() if "split" in scans else None
     if fixed is not None and fixed.isin(["train", "test"]).any():
         assigned[fixed == "test"] = "test"
         logger.info("Honouring the cohort's fixed split column: %d test scans", int((fixed == "test").sum()))
@@ -580,13 +584,18 @@ def _unlabelled_subjects(scans: pd.DataFrame, label_columns: list[str]) -> pd.Se
 
 
 def _strata(scans: pd.DataFrame, stratify_by: list[str], age_bins: int) -> list[pd.Series]:
-    """Strata from fine to coarse: all labels combined, then dropping the last label, ... then none."""
+    """Strata from fine to coarse: all labels combined, then dropping the last label, ... then none.
+
+    A scan that lacks one of the labels (its age or sex was missing or unusable: a QC finding of
+    ``encode_labels``) is put in that label's own ``unknown`` level, so it is stratified on the
+    labels it has.
+    """
     parts = []
     for column in stratify_by or []:
         values = scans[column] if column in scans else pd.Series(np.nan, index=scans.index)
         if column == "age" and values.notna().sum() >= age_bins:
             values = pd.qcut(values, q=age_bins, labels=False, duplicates="drop")
-        parts.append(values.astype(str))
+        parts.append(as_text(values))
     levels = [pd.concat(parts[:k], axis=1).agg("|".join, axis=1) for k in range(len(parts), 0, -1)]
     return levels + [pd.Series("all", index=scans.index)]
 

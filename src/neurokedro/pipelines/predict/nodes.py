@@ -17,6 +17,7 @@ import pandas as pd
 from torch import nn
 from tqdm.auto import tqdm
 
+from neurokedro.cohorts.labels import as_text
 from neurokedro.evaluation.brain_age import corrected_gap
 from neurokedro.evaluation.segmentation import voxel_volume_ml
 from neurokedro.imaging.tissue import TISSUE_CLASSES
@@ -215,9 +216,10 @@ def assemble_predictions(
     out = cohort_table[columns].reset_index(drop=True).copy()
     ok = volume_store.preprocessed_index
     out = out.merge(ok[["image_path", "row"]].drop_duplicates("image_path"), on="image_path", how="left")
-    findings = qc_table.assign(reason=qc_table["check"].astype(str) + ": " + qc_table["message"].astype(str))
-    by_scan = findings.groupby(["subject_id", "session_id"])["reason"].agg("; ".join)
-    keys = list(zip(out["subject_id"].astype(str), out["session_id"].astype(str)))
+    findings = qc_table.assign(reason=as_text(qc_table["check"], "") + ": " + as_text(qc_table["message"], ""),
+                               key=list(zip(as_text(qc_table["subject_id"], ""), as_text(qc_table["session_id"], ""))))
+    by_scan = findings.groupby("key")["reason"].agg("; ".join)  # a row without a subject id has the key ("", ...)
+    keys = list(zip(as_text(out["subject_id"], ""), as_text(out["session_id"], "")))
     out["qc_reason"] = [by_scan.get(k, "") for k in keys]
     out = out.merge(ood, on="row", how="left")
     failed = out["row"].isna()
