@@ -193,3 +193,16 @@ def test_datatype_selects_another_bids_folder_such_as_func_bold_series(tmp_path)
     assert table["age"].tolist() == ["34", "61"]
     with pytest.raises(DataRootError, match="func"):
         BidsCohort(data_root=str(root), suffix="bold", datatype="dwi").build()
+
+
+def test_padded_participants_cells_are_read_stripped(tmp_path):
+    # participants.tsv written by hand with spaces around the cells joins the sub-* folders (issue 26)
+    root = tmp_path / "padded"
+    _tsv(root / "participants.tsv", "participant_id\tage\tsex\n  sub-01 \t 34 \t F \nsub-02\t  61\tM  \n")
+    _scan(root, "sub-01/anat/sub-01_T1w.nii.gz")
+    _scan(root, "sub-02/anat/sub-02_T1w.nii.gz")
+    table = standardise_columns(BidsCohort(data_root=str(root)).build())
+    assert list(table["subject_id"]) == ["sub-01", "sub-02"]
+    assert _values(table["age"]) == ["34", "61"] and _values(table["sex"]) == ["F", "M"]
+    labelled, findings = encode_labels(table, {"sex_mapping": SEX_MAPPING})
+    assert findings.empty and list(labelled["age"]) == [34.0, 61.0]

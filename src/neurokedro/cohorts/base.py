@@ -36,6 +36,8 @@ from typing import Any, ClassVar
 
 import pandas as pd
 
+from neurokedro.cohorts.labels import as_text, is_na
+
 COHORT_COLUMNS: tuple[str, ...] = (
     "subject_id",
     "session_id",
@@ -102,21 +104,12 @@ def strip_whitespace(table: pd.DataFrame, report: Mapping[str, str] | None = Non
             for i, (before, after) in enumerate(zip(values, stripped)):
                 if isinstance(before, str) and before != after:
                     notes[i].append(f"{report[column]} {before!r}")
-        out[column] = pd.Series([None if v == "" or _is_na(v) else v for v in stripped], index=out.index, dtype=object)
+        out[column] = pd.Series([None if v == "" or is_na(v) else v for v in stripped], index=out.index, dtype=object)
     if report is not None:
         previous = out[WHITESPACE_NOTE].tolist() if WHITESPACE_NOTE in out else [None] * len(out)
         out[WHITESPACE_NOTE] = pd.Series(["; ".join(([p] if isinstance(p, str) and p else []) + n) or None
                                           for p, n in zip(previous, notes)], index=out.index, dtype=object)
     return out
-
-
-def _is_na(value: Any) -> bool:
-    return value is None or value is pd.NA or (isinstance(value, float) and value != value)
-
-
-def _identifiers(values: pd.Series, missing: str | None) -> pd.Series:
-    """Ids as strings (``None``/NaN as ``missing``), the same under every pandas version."""
-    return pd.Series([missing if _is_na(v) else str(v) for v in values], index=values.index, dtype=object)
 
 
 def standardise_columns(table: pd.DataFrame) -> pd.DataFrame:
@@ -151,9 +144,8 @@ def standardise_columns(table: pd.DataFrame) -> pd.DataFrame:
         out[WHITESPACE_NOTE] = stripped[WHITESPACE_NOTE]
     else:  # the column is there only when an id was stripped
         out = out.drop(columns=[WHITESPACE_NOTE], errors="ignore")
-    out["subject_id"] = _identifiers(out["subject_id"], None)
-    out["session_id"] = _identifiers(out["session_id"], "1")
-    out["site"] = _identifiers(out["site"], "unknown")
+    for column, missing in (("subject_id", None), ("session_id", "1"), ("site", "unknown")):
+        out[column] = as_text(out[column], missing)
     extras = [c for c in out.columns if c not in COHORT_COLUMNS]
     return out[list(COHORT_COLUMNS) + extras].reset_index(drop=True)
 

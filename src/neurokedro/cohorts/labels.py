@@ -111,7 +111,7 @@ def is_missing(value: Any) -> bool:
     return _is_missing(value)
 
 
-def as_text(values: pd.Series, missing: str = "unknown") -> pd.Series:
+def as_text(values: pd.Series, missing: str | None = "unknown") -> pd.Series:
     """Values as strings, every missing one (None, NaN, ``pd.NA``) as ``missing``.
 
     Use it wherever labels or ids become strings (strata, subgroups, lookup keys):
@@ -120,15 +120,17 @@ def as_text(values: pd.Series, missing: str = "unknown") -> pd.Series:
 
     Args:
         values: any Series (numbers, strings, mixed objects).
-        missing: the string that stands for a missing value.
+        missing: the string that stands for a missing value (None keeps it missing, as None).
 
     Returns:
-        An object-dtype Series of ``str`` on the same index.
+        An object-dtype Series of ``str`` (and ``missing``) on the same index.
     """
-    return pd.Series([missing if _is_na(v) else str(v) for v in values], index=values.index, dtype=object)
+    return pd.Series([missing if is_na(v) else str(v) for v in values], index=values.index, dtype=object)
 
 
-def _is_na(value: Any) -> bool:
+def is_na(value: Any) -> bool:
+    """True for a missing cell: None, NaN, ``pd.NA``, ``pd.NaT`` (not for blank or "n/a" text:
+    see :func:`is_missing`)."""
     try:
         return bool(pd.isna(value))
     except (TypeError, ValueError):  # array-likes are values, not missing
