@@ -2,7 +2,7 @@
 
     python bench/predict_new_sites.py --trained /tmp/bench/ixi-age   # the data/ folder of an IXI age run
                                                                      # (bench/end_to_end.py --only ixi-age --keep /tmp/bench)
-    python bench/predict_new_sites.py                                # trains age_regression --env ixi first (~30 min)
+    python bench/predict_new_sites.py                                # trains age_regression --env ixi first (a full run)
     python bench/predict_new_sites.py --params preprocessing.registration=affine   # train and predict in MNI152 space
 
 ``--params`` (Kedro's ``KEY=VALUE,...``) applies to every run of the script, training included. A

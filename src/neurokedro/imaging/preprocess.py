@@ -42,7 +42,7 @@ DEFAULTS: dict[str, Any] = {
 REGISTRATION_DEFAULTS: dict[str, Any] = {
     "registration": "none",               # none | affine (MNI152, ANTs)
     "bias_correction": "none",            # none | n4 (of the output intensities)
-    "registration_qc_min_correlation": 0.4,  # IXI: good fits >= 0.51, broken or stuck <= 0.32
+    "registration_qc_min_correlation": 0.4,  # between good and broken fits on IXI (docs/results.md)
 }
 REGISTRATION_METHODS = ("none", "affine")
 BIAS_CORRECTIONS = ("none", "n4")

@@ -11,8 +11,9 @@ Template: the ICBM 2009a nonlinear symmetric MNI152 T1 template and its brain ma
 nilearn (``load_mni152_template``/``load_mni152_brain_mask``, 2 mm, no download). It is
 **skull-stripped**, while raw scans are whole-head, and an affine fit of a whole head to a
 brain-only template readily shrinks the head into the brain (on IXI, ANTs' default ``Affine``
-did so on every scan tried: correlation 0.12-0.16). What makes it work here, measured on IXI
-(Hammersmith 3T and Guy's 1.5T; whole-head, N4-corrected and skull-stripped):
+did so on every scan tried). What makes it work here, as tried on IXI (Hammersmith 3T and Guy's
+1.5T; whole-head, N4-corrected and skull-stripped; the figures are in docs/results.md,
+"Measurements behind defaults"):
 
 * the fit runs on a copy resampled to 2 mm (anti-aliased) and N4-corrected
   (:func:`prepare_for_registration`), so full-resolution and 2 mm scans see the same pyramid and
@@ -26,9 +27,8 @@ did so on every scan tried: correlation 0.12-0.16). What makes it work here, mea
   the pyramid starts at 8 mm, not 12 mm;
 * up to three starts (:data:`STARTS_WHOLE_HEAD`, :data:`STARTS_SKULL_STRIPPED`: scalp height and
   metric-mask dilation), each tried only when the previous fits correlate with the template
-  below :data:`ACCEPT_CORRELATION`; the best fit is kept. On IXI (64 scans) the first start was
-  enough every time; while tuning, one seed left the whole-head 1.5T scan stuck at 0.32, which
-  the second start rescued (0.60).
+  below :data:`ACCEPT_CORRELATION`; the best fit is kept. On IXI the first start was enough
+  every time; while tuning, the second start rescued a whole-head 1.5T scan stuck on the scalp.
 
 Coordinates: nibabel works in RAS+ millimetres, ANTs/ITK in LPS+ millimetres (x and y negated).
 Every function here takes and returns nibabel images and RAS+ matrices; the conversion happens
@@ -41,7 +41,7 @@ the scalp trap from run to run) and sums it over threads; with more than one ITK
 and so the transform, change in the 4th digit from run to run. ITK reads its thread count once,
 when ANTs is first imported, so this module sets ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1``
 (unless already set) before importing it: with one thread the same scan and seed give a
-bit-identical transform (and on 2 busy cores one thread was also faster: 5.0 s vs 7.2 s).
+bit-identical transform (and on 2 busy cores one thread was also faster than two).
 Parallelism comes from preprocessing workers (``n_workers``), one scan per process.
 
 References:
@@ -104,26 +104,27 @@ SMOOTHING_SIGMAS = (2, 1, 0)
 ITERATIONS = (1000, 500, 250)
 #: Fraction of the template voxels (inside the metric mask) sampled by the metric.
 SAMPLING_RATE = 0.2
-#: A head mask smaller than this (ml) means a skull-stripped scan (IXI: whole heads 3.6-4.1 L
-#: with the neck, brains 1.1-1.7 L).
+#: A head mask smaller than this (ml) means a skull-stripped scan: it lies between IXI's whole
+#: heads with the neck and its brains (docs/results.md, "Registration QC threshold and starts").
 SKULL_STRIPPED_MAX_ML = 2500.0
 #: Starts tried in order, ``(scalp_mm, metric_mask_dilation_mm)``: the scan's head top minus
 #: ``scalp_mm`` goes to the template's brain top, and the metric is evaluated inside the template
 #: brain mask dilated by ``metric_mask_dilation_mm``. Whole heads: 10 mm of scalp and skull,
-#: then 20 mm (a thick-scalped 1.5T Guy's scan: correlation 0.32 -> 0.60), then the dilated mask.
+#: then 20 mm (for a thick-scalped 1.5T Guy's scan), then the dilated mask.
 STARTS_WHOLE_HEAD = ((10.0, 0.0), (20.0, 0.0), (10.0, 6.0))
-#: ... skull-stripped scans: no scalp (with 10 mm a Guy's scan ended 1 cm low, correlation 0.25).
+#: ... skull-stripped scans: no scalp (with 10 mm a skull-stripped Guy's scan ended too low).
 STARTS_SKULL_STRIPPED = ((0.0, 0.0), (0.0, 6.0), (10.0, 0.0))
 #: The head's upper half lies this much (mm) anterior of the brain's (IXI DLMUSE masks).
 START_ANTERIOR_MM = 6.0
 #: A start whose fit correlates with the template at least this well is kept without trying
-#: the next one (good IXI fits: 0.51-0.63; fits stuck on the scalp: 0.09-0.32).
+#: the next one: between good IXI fits and fits stuck on the scalp (docs/results.md,
+#: "Registration QC threshold and starts").
 ACCEPT_CORRELATION = 0.4
 #: Height (mm) of the slab below the head top whose centroid gives the start's x and y.
 HEAD_SLAB_MM = 100.0
 #: N4 fits the bias field at about this spacing (mm): the shrink factor follows the voxel size.
 N4_FIT_SPACING_MM = 8.0
-#: ... and for the registration's own copy, where a coarser fit is enough (3x faster at 2 mm).
+#: ... and for the registration's own copy, where a coarser, faster fit is enough.
 REGISTRATION_N4_FIT_SPACING_MM = 12.0
 
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -346,8 +347,7 @@ def n4_bias_correction(
         RegistrationError: if the image has no positive voxels.
         ValueError: if the image is not 3D or its affine has a shear.
 
-    Time (one thread, busy 2-core machine), head mask included: ~4 s for a 2 mm IXI head
-    (120x120x90, shrink 4), 3-4 s for 256x256x150 at 0.94x0.94x1.2 mm (shrink 9).
+    Its time per scan: docs/results.md, "Registration and N4 timings".
     """
     ants = _ants()
     if mask is None:
@@ -417,11 +417,10 @@ def template_correlation(img_in_template_space: nib.spatialimages.SpatialImage) 
     """Pearson correlation of an MNI-space image with the template inside its brain mask.
 
     The image is resampled (linear) onto the 2 mm template grid; voxels outside its field of
-    view count as 0. On IXI (64 scans: 2 mm Hammersmith whole heads, full-resolution Guy's and
-    Hammersmith, whole-head and skull-stripped), good affine fits of the N4-corrected copies gave
-    0.51-0.63 (not near 1: the mask includes the CSF rim, and anatomy differs between subjects);
-    fits stuck on the scalp 0.09-0.32; a scan upside down, flipped front to back, with shuffled
-    voxels, pure noise or a bright ball -0.05-0.27. A left-right flip is not detected (0.54).
+    view count as 0. Good fits do not reach 1 (the mask includes the CSF rim, and anatomy
+    differs between subjects), but they stay above fits stuck on the scalp and scans upside
+    down, flipped front to back, shuffled, pure noise or a bright ball; a left-right flip is not
+    detected. The values on IXI: docs/results.md, "Registration QC threshold and starts".
 
     Returns:
         The correlation; ``nan`` if the image is constant inside the mask.
@@ -500,8 +499,8 @@ def register_to_template(img: nib.spatialimages.SpatialImage, seed: int = 1) -> 
         RegistrationError: if ANTs fails or the image has no head (e.g. all zero).
         ValueError: if the image is not 3D or its affine has a shear, or ``seed`` is 0.
 
-    Time (one thread, 2 busy cores), N4 of the copy included: 2 mm IXI scans median 6 s (5-14 s),
-    256x256x150 scans median 6 s (5-17 s); a broken scan tries all three starts (~15-25 s).
+    Its time per scan (a broken scan tries all three starts): docs/results.md, "Registration and
+    N4 timings".
     """
     if int(seed) == 0:
         raise ValueError("seed 0 makes ANTs seed from the clock (not reproducible); use another integer")

@@ -154,7 +154,7 @@ def resample_tissue_classes(
         int16 ``(D, H, W)`` classes of :data:`TISSUE_CLASSES`.
     """
     # On the RAS axes of the target grid first (flips and permutations only): scipy then takes
-    # its separable zoom/shift path rather than a general transform, about 3x faster.
+    # its separable zoom/shift path rather than a general transform, which is much faster.
     label = reorient_to_ras(label)
     tissue = tissue_classes_from_labels(np.asanyarray(label.dataobj), lookup_table)
     # The tissue classes only: the background's fraction is what they leave (interpolation is

@@ -208,10 +208,9 @@ class PreciseBatchNorm(L.Callback):
 
     A BatchNorm layer normalises with running statistics at evaluation: an exponential moving
     average (momentum 0.1) of the last training batches' statistics, taken while the weights
-    still move and on augmented images. With the batch sizes a 3D network fits (4-8 volumes)
-    they are noisy: on IXI brain age (80 epochs), validation MAE peaked at 50-100 years after
-    epoch 10 and changed by a median of 4 years between epochs; one network's last epoch scored
-    14.8 years, 6.6 once its statistics were recomputed (README, "Precise BatchNorm statistics").
+    still move and on augmented images. With the batch sizes a 3D network fits (a few volumes)
+    they are noisy, and so is the validation metric that early stopping and the best checkpoint
+    read (docs/results.md, "Precise BatchNorm statistics", has what it did on IXI).
     This callback replaces them, before the validation of every epoch, by the plain average over
     a pass of the training scans without augmentation
     ("precise BN": Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021; fvcore's
@@ -220,7 +219,7 @@ class PreciseBatchNorm(L.Callback):
     statistics are used there.
 
     Cost: a forward pass, without gradients, over the training scans (or ``max_batches``
-    batches of them) per epoch: about a quarter of a training epoch. The pass runs under the
+    batches of them) per epoch, less than the epoch's own training. The pass runs under the
     trainer's precision (autocast) and leaves the RNGs untouched, so runs stay reproducible and
     resumable. A network without BatchNorm is left alone.
 

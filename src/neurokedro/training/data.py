@@ -109,10 +109,11 @@ class SeededDataLoader(DataLoader):
 class Float32GaussianNoise(mt.RandGaussianNoise):
     """MONAI's ``RandGaussianNoise``, drawing float32 noise with torch.
 
-    MONAI draws float64 noise with NumPy's legacy ``RandomState`` and casts it: about 6 ms for a
-    64³ volume, a tenth of a fast network's training step per sample. Here the noise is drawn
-    from a torch generator seeded by the transform's own random state (so
-    ``set_random_state`` still makes it reproducible): about 4x faster, same distribution.
+    MONAI draws float64 noise with NumPy's legacy ``RandomState`` and casts it, a noticeable
+    part of a fast network's training step per sample. Here the noise is drawn from a torch
+    generator seeded by the transform's own random state (so ``set_random_state`` still makes it
+    reproducible): several times faster, same distribution (docs/results.md, "Training and
+    preprocessing details").
     """
 
     def randomize(self, img: Any, mean: float | None = None) -> None:

@@ -1,8 +1,8 @@
 """Stacking a network's per-scan predictions with a ridge model on tissue volumes.
 
 A CNN on ~100 training scans and a linear model on grey-matter, white-matter and CSF volumes
-make partly different errors (on IXI, r ≈ 0.7 between their out-of-fold errors), so a weighted
-sum of the two predicts better than either. This is stacked generalisation (Wolpert 1992,
+make partly different errors, so a weighted sum of the two predicts better than either (on IXI:
+docs/results.md, "Stacking with tissue volumes"). This is stacked generalisation (Wolpert 1992,
 Neural Networks 5:241) with non-negative weights (Breiman 1996, Machine Learning 24:49), as
 used for brain age across MRI-derived feature sets by Engemann et al. 2020 (eLife 9:e54055).
 
