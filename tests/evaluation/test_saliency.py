@@ -61,6 +61,25 @@ def test_occlusion_saliency_is_concentrated_on_the_block():
     assert np.abs(s[~near]).max() < 1e-3
 
 
+def test_a_memory_mapped_store_gives_torch_writable_copies(tmp_path, monkeypatch):
+    """A volume store loads read-only memory maps; a view of one handed to torch makes it warn
+    ("The given NumPy array is not writable"). Each scan is copied out first, same map."""
+    images = _images()
+    np.save(tmp_path / "images.npy", images)
+    mapped = np.load(tmp_path / "images.npy", mmap_mode="r")
+    seen, as_tensor = [], torch.as_tensor
+
+    def recording(data, *args, **kwargs):
+        if isinstance(data, np.ndarray):
+            seen.append(data.flags.writeable)
+        return as_tensor(data, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "as_tensor", recording)
+    s = saliency_map(BlockLinear(), mapped, [0, 2])
+    assert seen == [True, True]
+    np.testing.assert_array_equal(s, saliency_map(BlockLinear(), images, [0, 2]))
+
+
 def test_every_scan_weighs_the_same_whatever_its_scale():
     class Squares(nn.Module):  # gradient 2x: proportional to the scan's intensities
         def forward(self, x):

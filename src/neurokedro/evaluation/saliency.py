@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from neurokedro.io.volume_store import read_row
+
 __all__ = ["SALIENCY_METHODS", "saliency_map"]
 
 #: Method name -> the options it accepts (with their defaults).
@@ -179,7 +181,9 @@ def saliency_map(
         else:
             gradient = VanillaGrad(scalar)
         for row in rows:
-            x = torch.as_tensor(np.asarray(images[int(row)], dtype=np.float32)[None], device=device)
+            # read_row: a writable in-RAM copy (torch warns on a read-only memory map's view) that
+            # leaves no pages of the store mapped
+            x = torch.as_tensor(read_row(images, int(row)).astype(np.float32, copy=False)[None], device=device)
             if method == "occlusion":
                 with torch.no_grad(), warnings.catch_warnings():
                     warnings.filterwarnings("ignore", message="Using a non-tuple sequence", category=UserWarning)
