@@ -1046,6 +1046,8 @@ def _read_index_csv(path: Path, dtypes: dict[str, str]) -> pd.DataFrame:
 
     String columns are read as strings with no NA parsing, so IDs such as ``"001"`` and empty
     ``preprocess_error`` values survive the round trip (a missing string is read back as "").
+    Floats are parsed round-trip exact (pandas < 3's default parser can change the last digit,
+    and an unchanged store would then look changed and be written again).
     """
     string_cols = [c for c, t in dtypes.items() if t in _STRING_DTYPES]
     na = ["", "NaN", "nan", "NA", "<NA>", "None", "null"]
@@ -1054,6 +1056,7 @@ def _read_index_csv(path: Path, dtypes: dict[str, str]) -> pd.DataFrame:
         dtype={c: str for c in string_cols},
         keep_default_na=False,
         na_values={c: na for c in dtypes if c not in string_cols},
+        float_precision="round_trip",
     )
     for col, dtype in dtypes.items():
         if col in df.columns and col not in string_cols and str(df[col].dtype) != dtype:
