@@ -652,3 +652,16 @@ def test_minc2_header_declaring_more_voxels_than_the_file_holds_is_found_before_
     problems, img = nodes._load_and_check(path)
     assert img is None and [p[0] for p in problems] == ["unreadable"]
     assert "(2000, 2000, 2000) int16" in problems[0][2] and "truncated file or corrupt header" in problems[0][2]
+
+
+def test_registration_qc_figure_of_a_minc_or_mgz_scan_shows_what_its_nifti_copy_shows(tmp_path):
+    image, _ = make_head(shape=(16, 16, 16), voxel_mm=6.0, orientation="PSR")  # covers the template's brain
+    transform = json.dumps(np.eye(4).tolist())
+    drawn = {}
+    for name, minc in (("scan.nii.gz", 1), ("scan.mgz", 1), ("scan1.mnc", 1), ("scan2.mnc", 2)):
+        figure = nodes._registration_figure(str(save_scan(image, tmp_path / name, minc=minc)), transform, 0.8, 0.4, name)
+        drawn[name] = [np.asarray(ax.images[0].get_array()) for ax in figure.axes]
+    assert np.ptp(drawn["scan.nii.gz"][0]) > 0  # the head is in view: the comparison can fail
+    for name in ("scan.mgz", "scan1.mnc", "scan2.mnc"):
+        for ours, nifti in zip(drawn[name], drawn["scan.nii.gz"], strict=True):
+            np.testing.assert_allclose(ours, nifti, atol=1e-3 * np.ptp(nifti))
