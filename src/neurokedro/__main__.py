@@ -1,8 +1,13 @@
 """``python -m neurokedro`` runs the project like ``kedro run``.
 
-One extra sub-command is handled here instead: ``neurokedro download-ixi [...]`` (or
-``python -m neurokedro download-ixi [...]``) downloads the public IXI data, see
-:mod:`neurokedro.download`. Any other arguments go to ``kedro run`` unchanged.
+Two extra sub-commands are handled here instead (also as ``python -m neurokedro ...``):
+
+- ``neurokedro download-ixi [...]`` downloads the public IXI data, see :mod:`neurokedro.download`;
+- ``neurokedro predict SCAN_OR_FOLDER... [--model URI] [--env ENV] [--params ...]`` runs the
+  predict pipeline on the given scans and prints the predictions, see
+  :mod:`neurokedro.pipelines.predict.cli`.
+
+Any other arguments go to ``kedro run`` unchanged.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from kedro.framework.cli.utils import find_run_command
 from kedro.framework.project import configure_project
 
 DOWNLOAD_IXI = "download-ixi"
+PREDICT = "predict"
 
 
 def main(*args, **kwargs):
@@ -24,6 +30,10 @@ def main(*args, **kwargs):
             from neurokedro.download import main as download_main
 
             return download_main(cli_args[1:])
+        if cli_args and cli_args[0] == PREDICT:
+            from neurokedro.pipelines.predict.cli import main as predict_main
+
+            return predict_main(cli_args[1:])
     package_name = Path(__file__).parent.name
     configure_project(package_name)
     run = find_run_command(package_name)

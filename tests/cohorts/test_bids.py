@@ -9,6 +9,7 @@ import nibabel as nib
 import pandas as pd
 import pytest
 from conftest import make_head
+from scan_files import save_scan
 
 from neurokedro.cohorts.base import COHORT_COLUMNS, DataRootError, standardise_columns
 from neurokedro.cohorts.bids import BidsCohort
@@ -206,3 +207,23 @@ def test_padded_participants_cells_are_read_stripped(tmp_path):
     assert _values(table["age"]) == ["34", "61"] and _values(table["sex"]) == ["F", "M"]
     labelled, findings = encode_labels(table, {"sex_mapping": SEX_MAPPING})
     assert findings.empty and list(labelled["age"]) == [34.0, 61.0]
+
+
+def test_mgz_and_minc_images_are_not_bids_and_are_skipped_with_a_warning_naming_them(tmp_path, caplog):
+    """BIDS allows only .nii[.gz] for anatomical images: an .mgz or .mnc in their place is not
+    taken for a BIDS scan, and not dropped silently either."""
+    root = tmp_path / "ds_mixed"
+    _tsv(root / "participants.tsv", "participant_id\tage\tsex\nsub-01\t34\tM\nsub-02\t61\tF\n")
+    _scan(root, "sub-01/anat/sub-01_T1w.nii.gz")
+    (root / "sub-01/anat/sub-01_T1w.json").write_text("{}")  # a sidecar: neither a scan nor worth a warning
+    image, _ = make_head(shape=(8, 8, 8))
+    for name in ("sub-02/anat/sub-02_T1w.mgz", "sub-02/ses-01/anat/sub-02_ses-01_T1w.mnc"):
+        (root / name).parent.mkdir(parents=True)
+        save_scan(image, root / name)
+    with caplog.at_level(logging.WARNING, logger="neurokedro.cohorts.bids"):
+        table = BidsCohort(data_root=str(root)).build()
+    assert table["subject_id"].tolist() == ["sub-01"]
+    warning = next(r.getMessage() for r in caplog.records if "BIDS does not allow" in r.getMessage())
+    assert "2 T1w image(s)" in warning
+    assert "sub-02/anat/sub-02_T1w.mgz" in warning and "sub-02/ses-01/anat/sub-02_ses-01_T1w.mnc" in warning
+    assert "json" not in warning

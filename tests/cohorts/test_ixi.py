@@ -173,6 +173,12 @@ def test_name_variants_label_template_pattern_and_no_spreadsheet(tmp_path):
                       label_template="dlmuse/{subject_id}_T1_DLMUSE.nii.gz").build()
     assert list(table["subject_id"]) == ["IXI002-HH-1302", "IXI057-HH-1342"]
     assert _values(table["kind"]) == [None, "skullstripped"]
+    (tmp_path / "minc").mkdir()
+    for name in ("IXI002-Guys-0828-T1.mnc", "IXI012-HH-1211-T1_n4.mgz"):  # converted copies (the names matter)
+        (tmp_path / "minc" / name).write_bytes(b"")
+    converted = IxiCohort(data_root=str(tmp_path), images="minc/*", spreadsheet=None).build()
+    assert list(converted["subject_id"]) == ["IXI002-Guys-0828", "IXI012-HH-1211"]
+    assert list(converted["site"]) == ["Guys", "HH"] and _values(converted["kind"]) == [None, "n4"]
     assert table["age"].isna().all() and table["sex"].isna().all()
     assert table.loc[0, "label_path"] == str(tmp_path.resolve() / "dlmuse" / "IXI002-HH-1302_T1_DLMUSE.nii.gz")
     custom = IxiCohort(data_root=str(tmp_path), images="t1/*.nii.gz", spreadsheet=None,

@@ -79,3 +79,14 @@ def test_standard_columns_of_any_adapter_are_stripped_and_a_blank_id_stays_missi
     assert out["subject_id"].tolist() == ["a", None, None]  # blank: check_scans reports missing_id
     assert out["session_id"].tolist() == ["1", "1", "2"] and out["sex"].tolist() == ["M", "F", None]
     assert out[WHITESPACE_NOTE].tolist() == ["subject_id ' a '; session_id '1 '", "subject_id '   '", None]
+
+
+def test_unlabelled_images_in_any_scan_format_get_the_name_without_its_ending(tmp_path):
+    (tmp_path / "t1").mkdir()
+    for name in ("s1_T1.nii.gz", "s2_T1.mgz", "s3_T1.mnc", "s4_T1.MGH", "s5_T1.txt"):
+        (tmp_path / "t1" / name).write_bytes(b"")
+    pd.DataFrame({"subject_id": ["s1"]}).to_csv(tmp_path / "t.csv", index=False)
+    cohort = TableCohort(table="t.csv", image_template="t1/{subject_id}_T1.nii.gz", unlabelled_images="t1/*",
+                         data_root=str(tmp_path)).build()
+    assert list(cohort["subject_id"]) == ["s1", "s2", "s3", "s4"]  # s1 listed by the table; no .txt
+    assert cohort["image_path"].str.endswith(("_T1.nii.gz", "_T1.mgz", "_T1.mnc", "_T1.MGH")).all()

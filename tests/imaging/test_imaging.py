@@ -37,6 +37,17 @@ def test_image_problems_flags_each_defect():
     assert [c for c, _ in image_problems(nib.Nifti1Image(np.ones((8, 8, 8), np.float32) * np.arange(8), np.diag([90, 90, 90, 1.0])))] == ["voxel_size"]
 
 
+def test_a_minc_image_must_be_3d_even_with_time_points():
+    """nibabel puts a MINC file's time dimension first, (T, z, y, x): a series read as if its last
+    axis were time would be garbage, so a non-3D MINC image is a finding, with or without time_points."""
+    image, _ = make_head(shape=(8, 8, 8))
+    assert image_problems(nib.Minc1Image(image.get_fdata(), image.affine)) == []
+    series = nib.Minc2Image(np.stack([image.get_fdata()] * 3), image.affine)
+    for time_points in (None, 3):
+        assert [c for c, _ in image_problems(series, time_points=time_points)] == ["dimensionality"]
+    assert image_problems(nib.Nifti1Image(np.stack([image.get_fdata()] * 3, axis=-1), image.affine), time_points=3) == []
+
+
 def test_crop_grid_centres_on_brain_with_fixed_voxel_size():
     image, label = make_head(shape=(20, 20, 20), voxel_mm=2.0)
     mask = brain_mask(image, label)

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import make_head
+from scan_files import save_scan
 
 from neurokedro.io.volume_store import VolumeStore, VolumeStoreDataset
 from neurokedro.pipelines.data_engineering import nodes
@@ -589,3 +590,78 @@ def test_a_scan_missing_a_stratification_label_is_split_in_an_unknown_stratum(mi
     strata = _strata(index, ["sex", "age"], 4)
     assert strata[0].loc[3].endswith("|unknown") and strata[0].loc[5].startswith("unknown|")
     assert strata[1].loc[5] == "unknown" and strata[1].loc[3] == "1.0"  # the coarser level keeps its sex
+
+
+FORMATS = [("nii.gz", 1), ("mgz", 1), ("mnc", 1), ("mnc", 2)]  # (ending, MINC version)
+
+
+def _formats_cohort(tmp_path, damage=None):
+    """One copy of the same head per format (NIfTI, MGZ, MINC1, MINC2), each its own subject;
+    ``damage(path)`` edits the non-NIfTI files after writing."""
+    image, _ = make_head(shape=(16, 16, 16), orientation="PSR")
+    rows = []
+    for ending, minc in FORMATS:
+        subject = f"{ending.split('.')[0]}{minc if ending == 'mnc' else ''}"
+        path = save_scan(image, tmp_path / f"{subject}.{ending}", minc=minc)
+        if damage is not None and ending != "nii.gz":
+            damage(path)
+        rows.append({"subject_id": subject, "session_id": "1", "image_path": str(path), "label_path": None,
+                     "age": "40", "sex": "F", "site": "A", "split": None})
+    return encode_labels(pd.DataFrame(rows), LABELS)[0]
+
+
+def test_mgz_and_minc_scans_pass_qc_and_preprocess_to_the_volume_of_their_nifti_copy(tmp_path):
+    passed, findings = check_scans(_formats_cohort(tmp_path))
+    assert findings.empty and list(passed["subject_id"]) == ["nii", "mgz", "mnc1", "mnc2"]
+    dataset = VolumeStoreDataset(filepath=str(tmp_path / "store"))
+    dataset.save(preprocess_scans(passed, {"grid_shape": [8, 8, 8], "voxel_size_mm": 3.0}))
+    store = dataset.load()
+    assert store.index["preprocess_ok"].all()
+    for row in (1, 2, 3):  # the same voxels at the same places: MINC's int16 scaling is all that differs
+        np.testing.assert_allclose(store.affines[row], store.affines[0])
+        np.testing.assert_allclose(store.images[row], store.images[0], atol=1e-2)
+
+
+@pytest.mark.parametrize("damage", [
+    lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),  # truncated
+    lambda p: p.write_bytes(b"garbage " * 64),  # not the format its name says
+    lambda p: p.write_bytes(b""),
+], ids=["truncated", "garbage", "empty"])
+def test_corrupt_mgz_and_minc_files_are_findings_naming_the_file_and_format(tmp_path, damage):
+    passed, findings = check_scans(_formats_cohort(tmp_path, damage))
+    assert list(passed["subject_id"]) == ["nii"]
+    assert list(findings["subject_id"]) == ["mgz", "mnc1", "mnc2"] and set(findings["check"]) == {"unreadable"}
+    assert [Path(f).name for f in findings["file"]] == ["mgz.mgz", "mnc1.mnc", "mnc2.mnc"]
+    kinds = [m.split(":")[0] for m in findings["message"]]
+    assert kinds == ["not a readable MGZ file", "not a readable MINC file", "not a readable MINC file"]
+
+
+def test_minc2_header_declaring_more_voxels_than_the_file_holds_is_found_before_reading(tmp_path):
+    """An HDF5 image dataset of 2000^3 int16 voxels whose chunks were never written: reading it
+    would allocate 16 GB (and 64 GB scaled); QC compares the declared bytes with the file first."""
+    import h5py
+
+    image, _ = make_head(shape=(16, 16, 16))
+    path = save_scan(image, tmp_path / "huge.mnc", minc=2)
+    with h5py.File(path, "r+") as f:
+        group = f["minc-2.0/image/0"]
+        attrs = dict(group["image"].attrs)
+        del group["image"]
+        huge = group.create_dataset("image", shape=(2000, 2000, 2000), dtype="i2", chunks=(64, 64, 64), compression="gzip")
+        huge.attrs.update(attrs)
+    problems, img = nodes._load_and_check(path)
+    assert img is None and [p[0] for p in problems] == ["unreadable"]
+    assert "(2000, 2000, 2000) int16" in problems[0][2] and "truncated file or corrupt header" in problems[0][2]
+
+
+def test_registration_qc_figure_of_a_minc_or_mgz_scan_shows_what_its_nifti_copy_shows(tmp_path):
+    image, _ = make_head(shape=(16, 16, 16), voxel_mm=6.0, orientation="PSR")  # covers the template's brain
+    transform = json.dumps(np.eye(4).tolist())
+    drawn = {}
+    for name, minc in (("scan.nii.gz", 1), ("scan.mgz", 1), ("scan1.mnc", 1), ("scan2.mnc", 2)):
+        figure = nodes._registration_figure(str(save_scan(image, tmp_path / name, minc=minc)), transform, 0.8, 0.4, name)
+        drawn[name] = [np.asarray(ax.images[0].get_array()) for ax in figure.axes]
+    assert np.ptp(drawn["scan.nii.gz"][0]) > 0  # the head is in view: the comparison can fail
+    for name in ("scan.mgz", "scan1.mnc", "scan2.mnc"):
+        for ours, nifti in zip(drawn[name], drawn["scan.nii.gz"], strict=True):
+            np.testing.assert_allclose(ours, nifti, atol=1e-3 * np.ptp(nifti))

@@ -7,7 +7,8 @@ column          dtype     meaning
 ==============  ========  ===============================================================
 subject_id      str       subject identifier; all sessions of a subject share it
 session_id      str       session identifier (``"1"`` for single-session cohorts)
-image_path      str       path or fsspec URL of the T1-weighted NIfTI image
+image_path      str       path of the T1-weighted image (NIfTI, MGH/MGZ or MINC: any file
+                          ``nibabel.load`` reads, see :mod:`neurokedro.io.scan_formats`)
 label_path      str|None  optional label map (e.g. tissue or region codes) on the image grid
 age             object    age as given (years, a range ``"22-25"`` or ``"36+"``); parsed later
 sex             object    sex as given (``M``/``F``, ``male``/``female``, ``1``/``2``); parsed later
@@ -204,20 +205,21 @@ def find_images(root: Path, pattern: str, name_pattern: str | re.Pattern[str]) -
 
     Args:
         root: the cohort's data folder.
-        pattern: glob relative to ``root`` (``t1/*.nii.gz``, ``sub-*/anat/*_T1w.nii*``).
+        pattern: glob relative to ``root`` (``t1/*.nii.gz``, ``sub-*/anat/*_T1w.*``, ``**/*``).
         name_pattern: regular expression searched in each file's name; its groups carry the
             identifiers (subject, site ...) that the caller needs.
 
     Returns:
         ``(path, match)`` for every matching path, sorted by path; names that do not match are
-        left out (the caller decides whether to say so). Broken links are kept, so that the QC
-        step reports them as missing files (e.g. a DataLad dataset whose content was not fetched).
+        left out (the caller decides whether to say so), and so are folders. Broken links are
+        kept, so that the QC step reports them as missing files (e.g. a DataLad dataset whose
+        content was not fetched).
     """
     regex = re.compile(name_pattern)
     found = []
     for path in sorted(root.glob(pattern)):
         match = regex.search(path.name)
-        if match:
+        if match and not path.is_dir():
             found.append((path, match))
     return found
 

@@ -19,7 +19,9 @@ Example (``conf/<env>/parameters_data_engineering.yml``)::
 What becomes a row:
 
 - every ``sub-<label>/anat/sub-<label>[_<key>-<value>...]_<suffix>.nii[.gz]`` and
-  ``sub-<label>/ses-<label>/anat/...`` file is one row (one scan); ``datatype`` names another
+  ``sub-<label>/ses-<label>/anat/...`` file is one row (one scan). BIDS allows only NIfTI
+  there: ``.mgz`` and ``.mnc`` files in their place are skipped with a logged warning that
+  names them (the ``table`` and ``folder`` adapters read those formats); ``datatype`` names another
   data-type folder than ``anat`` (``func`` for BOLD series, ``sub-01_task-rest_bold.nii.gz``);
 - ``subject_id`` is the ``sub-<label>`` entity (``sub-01``), shared by all of a subject's scans;
   the split node groups by it, so no subject straddles train and test;
@@ -65,6 +67,7 @@ from neurokedro.cohorts.base import (
     name_list,
     resolve_data_root,
 )
+from neurokedro.io.scan_formats import NIFTI_SUFFIX, scan_format
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +147,7 @@ class BidsCohort(CohortAdapter):
         self.label_template = label_template
         self.datatype = datatype
         self._name_pattern = re.compile(
-            rf"^(?P<entities>sub-[A-Za-z0-9]+(?:_[A-Za-z0-9]+-[A-Za-z0-9]+)*)_{re.escape(suffix)}\.nii(?:\.gz)?$"
+            rf"^(?P<entities>sub-[A-Za-z0-9]+(?:_[A-Za-z0-9]+-[A-Za-z0-9]+)*)_{re.escape(suffix)}{NIFTI_SUFFIX}$"
         )
 
     def root(self) -> Path:
@@ -199,9 +202,15 @@ class BidsCohort(CohortAdapter):
         return table
 
     def _scans(self, root: Path) -> list[tuple[Path, dict[str, str]]]:
-        found = []
-        for pattern in (f"sub-*/{self.datatype}/*_{self.suffix}.nii*", f"sub-*/ses-*/{self.datatype}/*_{self.suffix}.nii*"):
+        found, other_formats = [], []
+        for pattern in (f"sub-*/{self.datatype}/*_{self.suffix}.*", f"sub-*/ses-*/{self.datatype}/*_{self.suffix}.*"):
             found += [(path, _entities(match["entities"])) for path, match in find_images(root, pattern, self._name_pattern)]
+            other_formats += [p for p in root.glob(pattern) if scan_format(p) not in (None, "NIfTI")]
+        if other_formats:
+            logger.warning(
+                "BIDS cohort: %d %s image(s) are MGH/MGZ or MINC, which BIDS does not allow (only .nii and .nii.gz), "
+                "and are skipped: %s. Convert them to NIfTI, or list them with the table or folder cohort adapter.",
+                len(other_formats), self.suffix, name_list(sorted(str(p.relative_to(root)) for p in other_formats)))
         if not found:
             raise DataRootError(
                 f"No BIDS {self.suffix} images (sub-*/[ses-*/]{self.datatype}/sub-*_{self.suffix}.nii[.gz]) under "

@@ -22,7 +22,9 @@ The full-resolution scans in ``../shared/data/ixi_fullres`` (``IXInnn-<Site>-nnn
         spreadsheet: IXI_demographics.csv
 
 What becomes a row: every image matching ``images`` whose file name matches ``image_pattern``
-(other files are skipped with a logged warning). ``subject_id`` is the file name's
+(other files are skipped with a logged warning). The default pattern takes the scan in any
+format nibabel reads (``.nii[.gz]``, ``.mgz``, ``.mnc``: a copy converted to MINC or MGZ, with
+``images: IXI-T1/*.mnc``); ``images`` defaults to the distribution's ``IXI-T1/*.nii.gz``. ``subject_id`` is the file name's
 ``IXInnn-<Site>-nnnn`` (the ``MRID`` style of the other IXI tables), ``session_id`` ``"1"``,
 ``site`` the ``<Site>`` part (``Guys``, ``HH``, ``IOP``), and the number ``nnn`` (``IXI002`` -> 2)
 joins the spreadsheet's ``IXI_ID``. Extra columns: ``ixi_id`` and any other named group of
@@ -63,6 +65,7 @@ from neurokedro.cohorts.base import (
     name_list,
     resolve_data_root,
 )
+from neurokedro.io.scan_formats import SCAN_SUFFIX
 
 logger = logging.getLogger(__name__)
 
@@ -70,9 +73,9 @@ logger = logging.getLogger(__name__)
 IXI_SEX_CODES: dict[str, str] = {"1": "M", "2": "F"}
 
 #: Official ``IXI002-Guys-0828-T1.nii.gz``, the shared 2 mm ``IXI002-HH-1234_T1.nii.gz`` and the
-#: full-resolution ``IXI057-HH-1342-T1_n4.nii.gz`` alike.
+#: full-resolution ``IXI057-HH-1342-T1_n4.nii.gz`` alike, and their ``.mgz``/``.mnc`` copies.
 DEFAULT_IMAGE_PATTERN = (
-    r"^(?P<subject_id>IXI(?P<ixi_id>\d+)-(?P<site>[A-Za-z]+)-\d+)[-_]T1(?:_(?P<kind>[A-Za-z0-9]+))?\.nii(?:\.gz)?$"
+    r"^(?P<subject_id>IXI(?P<ixi_id>\d+)-(?P<site>[A-Za-z]+)-\d+)[-_]T1(?:_(?P<kind>[A-Za-z0-9]+))?" + SCAN_SUFFIX + "$"
 )
 
 

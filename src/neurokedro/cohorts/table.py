@@ -18,6 +18,7 @@ from neurokedro.cohorts.base import (
     resolve_data_root,
     strip_whitespace,
 )
+from neurokedro.io.scan_formats import SCAN_SUFFIX
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,8 @@ class TableCohort(CohortAdapter):
             ``sex``, ``site``, ``split``); unmapped standard columns with the standard name are
             used as they are.
         image_template: ``str.format`` template of the image path, using the table's columns
-            (original names), relative to ``data_root`` unless absolute.
+            (original names), relative to ``data_root`` unless absolute; any format nibabel
+            reads (``.nii[.gz]``, ``.mgz``, ``.mnc``: :mod:`neurokedro.io.scan_formats`).
         label_template: optional template of a label map on the image's grid.
         label_lookup: optional table that maps the label maps' region codes to tissue classes
             (a MUSE derived-ROI CSV such as IXI's ``muse_mapping_derived.csv``; see
@@ -55,8 +57,8 @@ class TableCohort(CohortAdapter):
             without labels when the table does not list them, e.g. scans whose subject has no
             demographics: they serve label-free tasks (autoencoder pretraining) and prediction.
             Each one's subject id is ``subject_id_pattern``'s first group in its file name.
-        subject_id_pattern: regular expression for ``unlabelled_images``
-            (default ``^(.+?)(?:_T1w?)?\.nii(?:\.gz)?$``).
+        subject_id_pattern: regular expression for ``unlabelled_images`` (default: the name
+            without ``_T1``/``_T1w`` and its scan ending, ``.nii[.gz]``, ``.mg[hz]`` or ``.mnc``).
         data_root: folder holding the table and images; relative to the working directory (the
             Kedro project root).
         data_root_env: environment variable that, when set, overrides ``data_root``.
@@ -80,7 +82,7 @@ class TableCohort(CohortAdapter):
         read_args: Mapping[str, Any] | None = None,
         label_lookup: str | None = None,
         unlabelled_images: str | None = None,
-        subject_id_pattern: str = r"^(.+?)(?:_T1w?)?\.nii(?:\.gz)?$",
+        subject_id_pattern: str = rf"^(.+?)(?:_T1w?)?{SCAN_SUFFIX}$",
     ) -> None:
         self.table = table
         self.image_template = image_template

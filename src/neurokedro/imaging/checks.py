@@ -15,8 +15,9 @@ def image_findings(img: nib.spatialimages.SpatialImage, time_points: int | None 
     Reads the voxel data once (so truncated compressed files fail here, not during training).
 
     Args:
-        img: a NIfTI (or other nibabel spatial) image expected to be one 3D volume; a 4D
-            image with a single volume is accepted.
+        img: a NIfTI, MGH/MGZ or MINC (any nibabel spatial) image expected to be one 3D
+            volume; a 4D image with a single volume is accepted (not for MINC, whose extra
+            dimension nibabel puts first: a MINC image must be 3D).
         time_points: ``None`` (one 3D volume expected) or T >= 1: a 4D series ``(X, Y, Z, V)``
             of at least T volumes (time points) is expected instead; fewer volumes (a 3D image
             counts as one) is a ``"time_points"`` finding.
@@ -29,6 +30,10 @@ def image_findings(img: nib.spatialimages.SpatialImage, time_points: int | None 
     """
     problems: list[tuple[str, str, str]] = []
     found = tuple(int(s) for s in img.shape)
+    if isinstance(img, nib.Minc1Image) and len(found) != 3:  # Minc2Image is a Minc1Image
+        return [("dimensionality", str(found),
+                 f"expected one 3D volume, got a MINC image of shape {found}: nibabel reads a MINC file's "
+                 "non-spatial dimension (e.g. time) as the first axis, which is not supported")]
     shape = found[:3] if len(found) == 4 and (found[3] == 1 or time_points is not None) else found
     if len(shape) != 3:
         return [("dimensionality", str(found),

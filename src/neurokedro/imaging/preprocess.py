@@ -1,4 +1,5 @@
-"""One scan from NIfTI to the model grid: the preprocessing chain used by training and predict.
+"""One scan from its file (NIfTI, MGH/MGZ or MINC, as nibabel loads it) to the model grid: the
+preprocessing chain used by training and predict.
 
 Two paths, chosen by ``registration``:
 

@@ -37,6 +37,11 @@ class NiftiDataset(AbstractVersionedDataset[nib.Nifti1Image, nib.Nifti1Image]):
     Gzip compression is detected from the file content, not the name, so a mis-named file still
     loads.
 
+    The project writes its own images (predicted label maps) with it. Input scans are not read
+    through a dataset: the cohort adapters list their paths and the nodes read them with
+    ``nibabel.load``, in any format it reads (NIfTI, MGH/MGZ, MINC: see
+    :mod:`neurokedro.io.scan_formats`); this dataset stays NIfTI-1 only.
+
     ``save`` writes ``img.to_bytes()``, gzip-compressed when the path ends in ``.gz``. Local
     files are written to a temporary sibling and renamed into place, so a killed run never
     leaves a truncated scan under the final name; remote objects are written directly (object

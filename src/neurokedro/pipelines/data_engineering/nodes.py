@@ -30,6 +30,7 @@ from neurokedro.imaging.intensity import intensity_statistics
 from neurokedro.imaging.preprocess import DEFAULTS as PREPROCESSING_DEFAULTS
 from neurokedro.imaging.preprocess import REGISTRATION_DEFAULTS, preprocess_scan, registration_options
 from neurokedro.imaging.tissue import resample_tissue_classes
+from neurokedro.io.scan_formats import READABLE, scan_format
 from neurokedro.io.volume_store import CACHE_KEY, LazyVolumeStore, PreprocessedVolume, VolumeStore
 
 logger = logging.getLogger(__name__)
@@ -135,13 +136,14 @@ def check_scans(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Quality-check every scan; exclude the unusable ones and say why.
 
-    Checks: missing file, unreadable or truncated NIfTI (or a header declaring more voxels than
-    the file holds), not 3D, singular affine or implausible voxel size, NaN/Inf voxels, constant
-    (e.g. all-zero) image, label map missing, unreadable or on another grid, missing subject id,
-    duplicate (subject, session). Each finding carries the offending value. An id read with white
-    space around it (stripped by the cohort adapter) is a ``whitespace`` finding with action
-    ``kept``: the scan goes on. With ``preprocessing.time_points: T``, 4D series are expected
-    instead of 3D scans, and a series of fewer than T volumes is a ``time_points`` finding.
+    Checks: missing file, unreadable or truncated file (NIfTI, MGH/MGZ or MINC; or a header
+    declaring more voxels than the file holds), not 3D, singular affine or implausible voxel
+    size, NaN/Inf voxels, constant (e.g. all-zero) image, label map missing, unreadable or on
+    another grid, missing subject id, duplicate (subject, session). Each finding carries the
+    offending value. An id read with white space around it (stripped by the cohort adapter) is a
+    ``whitespace`` finding with action ``kept``: the scan goes on. With
+    ``preprocessing.time_points: T``, 4D series are expected instead of 3D scans, and a series of
+    fewer than T volumes is a ``time_points`` finding.
 
     Args:
         cohort_table: table from :func:`encode_labels`.
@@ -239,14 +241,16 @@ def _require_usable_scans(passed: pd.DataFrame, checked: pd.DataFrame, findings:
 def _load_and_check(
     path: Any, expect_content: bool = True, time_points: int | None = None
 ) -> tuple[list[tuple[str, str, str]], Any]:
-    """``([(check, value, message), ...], image)`` of the NIfTI at ``path`` (image None when
-    unreadable); ``time_points`` as for :func:`~neurokedro.imaging.checks.image_findings`."""
+    """``([(check, value, message), ...], image)`` of the scan at ``path``, in any format
+    ``nibabel.load`` reads (:mod:`neurokedro.io.scan_formats`); image None when unreadable.
+    ``time_points`` as for :func:`~neurokedro.imaging.checks.image_findings`."""
     if _is_blank(path) or not Path(str(path)).is_file():
         return [("missing_file", "not found", f"file not found: {path}")], None
     try:
         img = nib.load(str(path))
-    except Exception as exc:  # noqa: BLE001 - every failure to parse means 'not a readable NIfTI'
-        return [("unreadable", type(exc).__name__, f"not a readable NIfTI: {type(exc).__name__}: {exc}")], None
+    except Exception as exc:  # noqa: BLE001 - every failure to parse means 'not a readable image'
+        kind = f"{scan_format(path)} file" if scan_format(path) else f"image ({READABLE})"
+        return [("unreadable", type(exc).__name__, f"not a readable {kind}: {type(exc).__name__}: {exc}")], None
     oversized = _declared_size_problem(img, str(path))
     if oversized:
         return [oversized], None
@@ -256,28 +260,37 @@ def _load_and_check(
     return problems, img
 
 
-#: gzip (deflate) cannot compress by more than ~1032:1, so a .nii.gz holds at most this many
-#: voxel bytes per byte of file.
+#: deflate (gzip: .nii.gz, .mgz; HDF5's gzip filter: MINC2) cannot compress by more than
+#: ~1032:1, so such a file holds at most this many voxel bytes per byte of file.
 _MAX_GZIP_RATIO = 1100
+#: How files whose voxels may be deflate-compressed begin: gzip, and HDF5 (MINC2).
+_COMPRESSED_MAGIC = (b"\x1f\x8b", b"\x89HDF")
 
 
 def _declared_size_problem(img: Any, path: str) -> tuple[str, str, str] | None:
     """A finding when the header declares more voxel data than the file can hold (a corrupt
-    shape or dtype): found before reading, because nibabel would first allocate that much memory."""
-    proxy = getattr(img, "dataobj", None)
+    shape or dtype): found before reading, because nibabel would first allocate that much memory.
+
+    NIfTI and MGH/MGZ: the voxel data's offset plus its bytes, against the file's size (times
+    :data:`_MAX_GZIP_RATIO` when gzip-compressed). MINC, whose voxels nibabel reads through
+    NetCDF or HDF5 rather than from an offset: the voxel bytes alone (MINC2, HDF5, as possibly
+    compressed). None when the image has no such header (the voxel read then finds problems).
+    """
     file_map = getattr(img, "file_map", {}) or {}
     data_file = getattr(file_map.get("image"), "filename", None) or path
     try:
-        declared = int(proxy.offset) + int(np.prod(proxy.shape, dtype=np.int64)) * np.dtype(proxy.dtype).itemsize
+        shape = tuple(int(s) for s in img.shape)
+        dtype = np.dtype(img.get_data_dtype())
+        declared = int(getattr(img.dataobj, "offset", 0)) + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         size = Path(data_file).stat().st_size
         with open(data_file, "rb") as handle:
-            compressed = handle.read(2) == b"\x1f\x8b"
+            compressed = handle.read(4).startswith(_COMPRESSED_MAGIC)
     except (AttributeError, TypeError, ValueError, OSError):
         return None
     if declared <= (size * _MAX_GZIP_RATIO if compressed else size):
         return None
     return ("unreadable", f"{declared} bytes declared, {size} in file",
-            f"the header declares {tuple(int(s) for s in proxy.shape)} {np.dtype(proxy.dtype)} voxels ({declared} bytes), "
+            f"the header declares {shape} {dtype} voxels ({declared} bytes), "
             f"more than the {size}-byte file can hold: truncated file or corrupt header")
 
 

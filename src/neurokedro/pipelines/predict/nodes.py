@@ -36,6 +36,11 @@ SKIP = (None, "none", "null", "")
 OOD_Z = 5.0
 
 
+def is_skipped(choice: Any) -> bool:
+    """True for a ``predict.models.<task>`` value that skips the task (:data:`SKIP`: null, ``none``)."""
+    return choice in SKIP or str(choice).lower() in SKIP
+
+
 def load_model(choice: Any, latest: nn.Module | None, task_name: str) -> nn.Module | None:
     """The model ``predict.models.<task>`` names.
 
@@ -52,7 +57,7 @@ def load_model(choice: Any, latest: nn.Module | None, task_name: str) -> nn.Modu
     Raises:
         FileNotFoundError: for ``"latest"`` when the task was never trained in this project.
     """
-    if choice in SKIP or str(choice).lower() in SKIP:
+    if is_skipped(choice):
         return None
     if str(choice) == "latest":
         if latest is None:
