@@ -179,7 +179,8 @@ def saliency_map(
         else:
             gradient = VanillaGrad(scalar)
         for row in rows:
-            x = torch.as_tensor(np.asarray(images[int(row)], dtype=np.float32)[None], device=device)
+            # a copy: the store's memory map is read-only, and torch wants tensors it may write to
+            x = torch.as_tensor(np.array(images[int(row)], dtype=np.float32)[None], device=device)
             if method == "occlusion":
                 with torch.no_grad(), warnings.catch_warnings():
                     warnings.filterwarnings("ignore", message="Using a non-tuple sequence", category=UserWarning)
