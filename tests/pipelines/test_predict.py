@@ -1,6 +1,7 @@
 """The predict pipeline: trained models on new scans, one row per scan, failures listed."""
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -29,7 +30,7 @@ def test_latest_model_missing_is_a_clear_error_and_null_skips_the_task():
     assert nodes.load_model(None, None, "age_regression") is None
 
 
-def test_predict_new_scans_after_training(kedro_project):
+def test_predict_new_scans_after_training(kedro_project, capsys):
     """Train brain age on the demo cohort, then predict a folder of new scans (copies of three
     demo scans, one corrupt file): four rows, three predicted, the corrupt one failed with the
     reason; the brain-age bias correction of the training run is used where the age is known."""
@@ -44,10 +45,15 @@ def test_predict_new_scans_after_training(kedro_project):
     (new / "broken_T1w.nii.gz").write_bytes(b"this is not a NIfTI file")
     before = {p.name: p.read_bytes() for p in new.iterdir()}
 
+    capsys.readouterr()
     kedro_project("predict", params={**params, "predict": {"models": {"sex_classification": None,
                                                                        "tissue_segmentation": None}}})
     out = pd.read_csv(root / "data/07_model_output/predict/predictions.csv")
     assert len(out) == 4 and set(out["qc_status"]) == {"ok", "failed"}
+    # the run's last words: the summary panel with the table's path and counts
+    panel = capsys.readouterr().out.rstrip().split("╭─ NeuroKedro · predict")[-1]
+    assert re.search(r"│ new scans +4: 3 predicted, 0 predicted but flagged, 1 failed QC +│", panel), panel
+    assert re.search(r"│ predictions +data/07_model_output/predict/predictions\.csv +│", panel), panel
     failed = out[out["subject_id"] == "broken"].iloc[0]
     assert failed["qc_status"] == "failed" and isinstance(failed["qc_reason"], str) and failed["qc_reason"]
     assert np.isnan(failed["predicted_age"])
