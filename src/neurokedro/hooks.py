@@ -113,8 +113,11 @@ def _print_run_summary(run_params: dict[str, Any], pipeline: Any, catalog: Any, 
         import mlflow
 
         tracking_uri = mlflow.get_tracking_uri()
-        experiment_id = mlflow.get_run(run_id).info.experiment_id
-        experiment = (experiment_id, mlflow.get_experiment(experiment_id).name)
+        try:
+            experiment_id = mlflow.get_run(run_id).info.experiment_id
+            experiment = (experiment_id, mlflow.get_experiment(experiment_id).name)
+        except Exception as exc:  # noqa: BLE001 - a store gone away since: the run id still helps
+            logger.debug("MLflow experiment of run %s not found: %s", run_id, exc)
     summary = summarise_run(pipeline_names(run_params), pipeline.all_outputs(), catalog,
                             mlflow_rows(run_id, tracking_uri, experiment))
     print_summary(summary)

@@ -128,6 +128,11 @@ KNOWN_RECORDS: tuple[KnownRecord, ...] = (
 )
 
 
+def _module_file(module: str) -> str:
+    """A regular expression of the path of ``module``'s source file (``.../a/b.py`` or ``.../a/b/__init__.py``)."""
+    return r"(?:^|.*[\\/])" + re.escape(module).replace(r"\.", r"[\\/]") + r"(?:\.py|[\\/]__init__\.py)"
+
+
 class _DropWarnings(logging.Filter):
     """Drops captured warnings (``py.warnings`` records) that match a :class:`KnownWarning`."""
 
@@ -135,8 +140,8 @@ class _DropWarnings(logging.Filter):
         super().__init__()
         # warnings.formatwarning's "<file>:<line>: <Category>: <message>", the file being the module's
         self.patterns = [
-            re.compile(r"(?:^|.*[\\/])" + re.escape(k.module).replace(r"\.", r"[\\/]") + r"(?:\.py|[\\/]__init__\.py):\d+: "
-                       + re.escape(k.category.__name__) + ": " + k.message, re.IGNORECASE | re.DOTALL)
+            re.compile(_module_file(k.module) + r":\d+: " + re.escape(k.category.__name__) + ": " + k.message,
+                       re.IGNORECASE | re.DOTALL)
             for k in known
         ]
 
