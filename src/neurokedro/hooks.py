@@ -1,5 +1,5 @@
 """Project hooks: a local fallback for an unreachable tracking server, MLflow experiment per
-pipeline, and no finished run left active after it."""
+pipeline, no finished run left active after it, and a summary of the run at its end."""
 
 from __future__ import annotations
 
@@ -36,6 +36,10 @@ class NeuroKedroHooks:
     runs one pipeline per task, and runs of different tasks are not comparable, so each
     pipeline gets its own experiment (``age_regression``, ``sex_classification`` ...). Setting
     ``tracking.experiment.name`` in ``mlflow.yml`` pins one experiment instead.
+
+    When a pipeline has run, a panel closes the log (:mod:`neurokedro.logs.summary`): each task's
+    test metrics, its report and predictions, predict's counts, the MLflow run id and the
+    ``mlflow ui`` command that shows it.
     """
 
     # tryfirst: project hooks are registered before plugin hooks, and pluggy calls the last
@@ -57,10 +61,7 @@ class NeuroKedroHooks:
         config = getattr(mlflow_hook, "mlflow_config", None)
         if config is None or getattr(mlflow_hook, "_already_active_mlflow", False):
             return
-        names = run_params.get("pipeline_names") or [run_params.get("pipeline_name") or "__default__"]
-        if isinstance(names, str):
-            names = [names]
-        name = "+".join(n or "__default__" for n in names)
+        name = "+".join(pipeline_names(run_params))
         if config.tracking.experiment.name != "neurokedro":  # set explicitly in mlflow.yml: keep it
             return
         config.tracking.experiment.name = name
@@ -69,13 +70,57 @@ class NeuroKedroHooks:
         except Exception as exc:  # noqa: BLE001 - tracking problems must not stop a run
             logger.warning("Could not set the MLflow experiment %r: %s", name, exc)
 
+    # trylast: after kedro-mlflow has logged and ended the run, so the panel is the log's last word.
     @hook_impl(trylast=True)
-    def after_pipeline_run(self, run_params: dict[str, Any]) -> None:
+    def after_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+        run_id = _tracked_run_id()
         _release_finished_runs()
+        try:
+            _print_run_summary(run_params, pipeline, catalog, run_id)
+        except Exception as exc:  # noqa: BLE001 - the summary must never be what fails a finished run
+            logger.warning("Could not summarise the run: %s: %s", type(exc).__name__, exc)
 
     @hook_impl(trylast=True)
     def on_pipeline_error(self, error: Exception, run_params: dict[str, Any]) -> None:
         _release_finished_runs()
+
+
+def pipeline_names(run_params: dict[str, Any]) -> list[str]:
+    """The pipelines a run ran, from Kedro's ``run_params`` (``["__default__"]`` for a plain ``kedro run``)."""
+    names = run_params.get("pipeline_names") or [run_params.get("pipeline_name") or "__default__"]
+    if isinstance(names, str):
+        names = [names]
+    return [n or "__default__" for n in names]
+
+
+def _tracked_run_id() -> str | None:
+    """The MLflow run kedro-mlflow logged this pipeline to; None when it tracked none."""
+    try:
+        from kedro_mlflow.framework.hooks.mlflow_hook import mlflow_hook
+    except ImportError:
+        return None
+    if not getattr(mlflow_hook, "_is_mlflow_enabled", False):  # tracking off for this pipeline
+        return None
+    return getattr(mlflow_hook, "run_id", None)
+
+
+def _print_run_summary(run_params: dict[str, Any], pipeline: Any, catalog: Any, run_id: str | None) -> None:
+    """Print :mod:`neurokedro.logs.summary`'s panel for the run that just finished."""
+    from neurokedro.logs.summary import mlflow_rows, print_summary, summarise_run
+
+    tracking_uri, experiment = None, None
+    if run_id:
+        import mlflow
+
+        tracking_uri = mlflow.get_tracking_uri()
+        try:
+            experiment_id = mlflow.get_run(run_id).info.experiment_id
+            experiment = (experiment_id, mlflow.get_experiment(experiment_id).name)
+        except Exception as exc:  # noqa: BLE001 - a store gone away since: the run id still helps
+            logger.debug("MLflow experiment of run %s not found: %s", run_id, exc)
+    summary = summarise_run(pipeline_names(run_params), pipeline.all_outputs(), catalog,
+                            mlflow_rows(run_id, tracking_uri, experiment))
+    print_summary(summary)
 
 
 def probe_tracking_server(uri: str, timeout: float | None = None) -> tuple[bool, str]:

@@ -4,6 +4,11 @@ from pathlib import Path
 
 from neurokedro.config import TaskDefaultsConfigLoader
 from neurokedro.hooks import NeuroKedroHooks
+from neurokedro.logs.third_party import quiet_third_party
+
+# Kedro reads this module when it bootstraps the project, before it imports the plugins' commands
+# and the pipelines: known third-party warnings are hidden from then on (see neurokedro.logs).
+quiet_third_party()
 
 # kedro-mlflow registers its own hooks through its entry point; nothing to add for it here.
 HOOKS = (NeuroKedroHooks(),)

@@ -1,3 +1,6 @@
+import logging
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -5,7 +8,13 @@ import torch
 
 from neurokedro.io.volume_store import VolumeStore
 from neurokedro.pipelines.data_engineering.nodes import split_by_subject
-from neurokedro.pipelines.modelling.nodes import evaluate_model, predict_scans, select_task_scans, train_model
+from neurokedro.pipelines.modelling.nodes import (
+    describe_fit,
+    evaluate_model,
+    predict_scans,
+    select_task_scans,
+    train_model,
+)
 from neurokedro.pipelines.reporting.nodes import (
     log_fold_metrics,
     plot_confusion_matrix,
@@ -15,6 +24,7 @@ from neurokedro.pipelines.reporting.nodes import (
     to_mlflow_metrics,
 )
 from neurokedro.tasks import sex_classification
+from neurokedro.tasks.base import get_task
 from neurokedro.training.module import FoldEnsemble, MeanEnsemble
 
 TRAINING = {"max_epochs": 2, "batch_size": 4, "progress_bar": False, "augmentation": {"enabled": False}}
@@ -44,10 +54,21 @@ def test_select_task_scans_leaves_out_scans_without_the_target():
     assert "fold" in scans and (scans.loc[scans["split"] == "test", "fold"] == -1).all()
 
 
-def test_cross_validation_trains_one_model_per_fold_and_predicts_out_of_fold():
+def test_cross_validation_trains_one_model_per_fold_and_predicts_out_of_fold(caplog):
     store, splits = _store()
     scans = select_task_scans(store, splits, "age_regression")
-    model, history = train_model(store, scans, MODEL, {**TRAINING, "ensemble_size": 2}, "age_regression")
+    with caplog.at_level(logging.INFO, logger="neurokedro.pipelines.modelling.nodes"):
+        model, history = train_model(store, scans, MODEL, {**TRAINING, "ensemble_size": 2}, "age_regression")
+    # one line per fold and member, with its best epoch and validation MAE as in the history
+    lines = [r.getMessage() for r in caplog.records if " fold " in r.getMessage()]
+    assert len(lines) == 6
+    for (fold, member), part in history.groupby(["fold", "member"]):
+        best = part.loc[part["val_mae"].idxmin()]
+        line = next(x for x in lines if x.startswith(f"age_regression fold {fold} member {member + 1}/2: "))
+        found = re.search(r"best val_mae (\S+) at epoch (\d+); (\d+)/2 epochs run$", line)
+        assert found, line
+        assert float(found[1]) == pytest.approx(best["val_mae"], rel=1e-3)
+        assert int(found[2]) == best["epoch"] and int(found[3]) == len(part)
     assert isinstance(model, FoldEnsemble) and model.folds == [0, 1, 2]
     assert all(isinstance(m, MeanEnsemble) and len(m.members) == 2 for m in model.members)
     # the sfcn options (first block 4 channels) were used, not the resnet3d ones (999)
@@ -143,3 +164,16 @@ def test_a_subject_in_two_parts_stops_training_before_it_starts():
     test_row = scans[scans["split"] == "test"].iloc[0].to_dict() | {"subject_id": first["subject_id"], "session_id": "3"}
     with pytest.raises(AssertionError, match="more than one split"):
         train_model(store, pd.concat([scans, pd.DataFrame([test_row])], ignore_index=True), MODEL, TRAINING, "age_regression")
+
+
+def test_describe_fit_names_the_best_epoch_and_why_training_stopped():
+    history = pd.DataFrame({"epoch": [0, 1, 2, 3], "val_mae": [9.0, 5.5, 6.0, 7.0], "val_loss": [3.0, 2.0, 1.0, 1.5]})
+    age, sex = get_task("age_regression"), get_task("sex_classification")
+    assert describe_fit(age, history, {"max_epochs": 10}, "age fold 1") == (
+        "age fold 1: best val_mae 5.5 at epoch 1; 4/10 epochs run, early-stopped")
+    assert describe_fit(age, history, {"max_epochs": 4}, "f").endswith("at epoch 1; 4/4 epochs run")
+    assert describe_fit(age, history, {"max_epochs": 10, "swa": {"enabled": True}}, "f").endswith(
+        "4/10 epochs run, weights averaged (SWA)")  # SWA turns early stopping off: fewer epochs are not a stop
+    # sex is early-stopped on the validation loss (headline "loss", minimised)
+    assert describe_fit(sex, history, {"max_epochs": 4}, "f") == "f: best val_loss 1 at epoch 2; 4/4 epochs run"
+    assert describe_fit(age, history.drop(columns="val_mae"), {"max_epochs": 4}, "f") == "f: no val_mae logged; 4/4 epochs run"

@@ -1,6 +1,7 @@
 """The predict pipeline: trained models on new scans, one row per scan, failures listed."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -73,10 +74,15 @@ def test_predict_new_scans_after_training(kedro_project, capsys):
     (new / "broken_T1w.nii.gz").write_bytes(b"this is not a NIfTI file")
     before = {p.name: p.read_bytes() for p in new.iterdir()}
 
+    capsys.readouterr()
     kedro_project("predict", params={**params, "predict": {"models": {"sex_classification": None,
                                                                        "tissue_segmentation": None}}})
     out = pd.read_csv(root / "data/07_model_output/predict/predictions.csv")
     assert len(out) == 7 and set(out["qc_status"]) == {"ok", "failed"}
+    # the run's last words: the summary panel with the table's path and counts
+    panel = capsys.readouterr().out.rstrip().split("╭─ NeuroKedro · predict")[-1]
+    assert re.search(r"│ new scans +7: 6 predicted, 0 predicted but flagged, 1 failed QC +│", panel), panel
+    assert re.search(r"│ predictions +data/07_model_output/predict/predictions\.csv +│", panel), panel
     failed = out[out["subject_id"] == "broken"].iloc[0]
     assert failed["qc_status"] == "failed" and isinstance(failed["qc_reason"], str) and failed["qc_reason"]
     assert np.isnan(failed["predicted_age"])

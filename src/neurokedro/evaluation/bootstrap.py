@@ -9,7 +9,8 @@ percentile intervals (Efron & Tibshirani 1993, *An Introduction to the Bootstrap
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,24 @@ import pandas as pd
 from neurokedro.cohorts.labels import as_text
 
 MetricFunction = Callable[[pd.DataFrame], dict[str, float]]
+
+#: Entries of a metrics dict that count scans or hold the decision threshold: not qualities of
+#: the predictions, so never reported as metrics by default.
+COUNTS = frozenset({"n", "tn", "fp", "fn", "tp", "threshold"})
+
+
+def reported_metrics(point: Mapping[str, Any], metrics: Sequence[str] | None = None) -> list[str]:
+    """The names of the metrics to report from ``point`` (a task's ``compute_metrics`` output).
+
+    Args:
+        point: ``{metric: value}``.
+        metrics: the names wanted (a task's ``report_metrics``), in that order; None: every
+            finite number in ``point`` but :data:`COUNTS`.
+    """
+    if metrics is not None:
+        return list(metrics)
+    return [k for k, v in point.items()
+            if k not in COUNTS and isinstance(v, (int, float, np.number)) and np.isfinite(v)]
 
 
 def bootstrap_metrics(
@@ -56,8 +75,7 @@ def bootstrap_metrics(
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     point = compute_metrics(table)
-    names = list(metrics) if metrics is not None else [
-        k for k, v in point.items() if k not in {"n", "tn", "fp", "fn", "tp", "threshold"} and np.isfinite(v)]
+    names = reported_metrics(point, metrics)
     codes, subjects = pd.factorize(as_text(table[group]))
     rows_of = [np.flatnonzero(codes == i) for i in range(len(subjects))]
     rng = np.random.default_rng(seed)

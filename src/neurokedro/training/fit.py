@@ -390,13 +390,14 @@ def fit(
             _recover_history(history, checkpoint_dir / LAST)
         best = checkpoint.best_model_path
         if swa.get("enabled", False):
-            logger.info("Using the SWA-averaged weights (best single %s was %.4g)", monitor,
-                        float(checkpoint.best_model_score or float("nan")))
+            logger.debug("Using the SWA-averaged weights (best single %s was %.4g)", monitor,
+                         float(checkpoint.best_model_score or float("nan")))
         elif best:
             state_dict = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
             module.load_state_dict(state_dict)
             score = checkpoint.best_model_score  # not sent back by spawned DDP processes
-            logger.info("Best %s = %.4g (checkpoint %s)", monitor, float("nan") if score is None else float(score), best)
+            # the caller's line names the fold (neurokedro.pipelines.modelling.nodes.describe_fit)
+            logger.debug("Best %s = %.4g (checkpoint %s)", monitor, float("nan") if score is None else float(score), best)
         if fingerprint is not None:
             atomic_torch_save({"fingerprint": fingerprint["digest"], "parts": fingerprint["parts"],
                                "model": {k: v.detach().cpu() for k, v in module.model.state_dict().items()},

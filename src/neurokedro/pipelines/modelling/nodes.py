@@ -13,7 +13,7 @@ from torch import nn
 from neurokedro.io.volume_store import VolumeStore
 from neurokedro.models import build_model
 from neurokedro.pipelines.data_engineering.nodes import assert_no_subject_leakage
-from neurokedro.tasks.base import get_task
+from neurokedro.tasks.base import Task, get_task
 from neurokedro.training.fit import fit, predict, seed_everything
 from neurokedro.training.module import FoldEnsemble, MeanEnsemble
 from neurokedro.training.stacking import fit_stacking, stacking_columns, tissue_volumes_ml, volume_features
@@ -152,6 +152,8 @@ def cross_validate(
                     labels=volume_store.labels,
                 )
                 members.append(trained)
+                logger.info("%s", describe_fit(task, history, params, f"{task_name} fold {fold}"
+                                               + (f" member {member + 1}/{size}" if size > 1 else "")))
                 history = history.assign(fold=fold, mlflow_run_id=run_id or "")
                 histories.append(history.assign(member=member) if size > 1 else history)
             fold_model = members[0] if size == 1 else MeanEnsemble(members)
@@ -159,6 +161,35 @@ def cross_validate(
                 log_model(fold_model, run_id)
         fold_models.append(fold_model)
     return FoldEnsemble(fold_models, folds), pd.concat(histories, ignore_index=True)
+
+
+def describe_fit(task: Task, history: pd.DataFrame, training: Mapping[str, Any], name: str) -> str:
+    """One line on a finished fit: its best validation epoch and metric, how many epochs ran and why.
+
+    Args:
+        task: the task trained (its ``headline_metric`` is the metric checkpoints follow).
+        history: :func:`neurokedro.training.fit.fit`'s one row per epoch (``epoch`` numbered from 0,
+            as in ``training_history.csv`` and the learning-curve plot; ``val_<metric>``).
+        training: the fit's ``training`` parameters (``max_epochs``, ``swa``).
+        name: what was fitted, first on the line (``"age_regression fold 0"``).
+
+    Returns:
+        e.g. ``"age_regression fold 0: best val_mae 4.21 at epoch 17; 33/40 epochs run, early-stopped"``.
+    """
+    monitor = f"val_{task.headline_metric}"
+    max_epochs = int(training.get("max_epochs", 30))
+    ran = len(history)
+    scores = history[monitor] if monitor in history else pd.Series(dtype=float)
+    if scores.notna().any():
+        best = scores.idxmin() if task.headline_mode == "min" else scores.idxmax()
+        found = f"best {monitor} {float(scores[best]):.4g} at epoch {int(history.loc[best, 'epoch'])}"
+    else:
+        found = f"no {monitor} logged"
+    if (training.get("swa") or {}).get("enabled", False):
+        how = ", weights averaged (SWA)"
+    else:
+        how = ", early-stopped" if ran < max_epochs else ""
+    return f"{name}: {found}; {ran}/{max_epochs} epochs run{how}"
 
 
 def predict_scans(
