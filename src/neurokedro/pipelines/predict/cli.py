@@ -33,6 +33,7 @@ import pandas as pd
 from kedro.framework.cli.utils import _split_params, env_option
 from omegaconf import OmegaConf
 
+from neurokedro.cohorts.labels import is_na
 from neurokedro.pipelines.predict.nodes import is_skipped
 from neurokedro.pipelines.predict.pipeline import NAMESPACE, predictable_tasks
 
@@ -137,7 +138,9 @@ def format_summary(predictions: pd.DataFrame) -> str:
     formatters = {c: "{:.1f}".format for c in ("predicted_age", "brain_age_gap") if c in table}
     if "probability_female" in table:
         formatters["probability_female"] = "{:.2f}".format
-    text = table.to_string(index=False, na_rep="-", formatters=formatters)
+    # formatted here, not with to_string's na_rep: pandas < 3 prints None in object columns as "None"
+    shown = pd.DataFrame({c: ["-" if is_na(v) else formatters.get(c, str)(v) for v in table[c]] for c in table})
+    text = shown.to_string(index=False)
     reasons = [f"{r.subject_id}: {r.qc_status}: {r.qc_reason}" for r in predictions.itertuples()
                if r.qc_status != "ok" and isinstance(r.qc_reason, str) and r.qc_reason]
     return text + ("\n\n" + "\n".join(reasons) if reasons else "")
