@@ -102,11 +102,14 @@ def cv_line(metric: str, cv: pd.DataFrame, test: dict) -> str:
             f"fold ensemble on test {test[metric]:.3f}")
 
 
-def run_in_copy(name: str, model: str | None, params: list[str], keep: Path | None) -> dict:
+def run_in_copy(name: str, model: str | None, params: list[str], keep: Path | None, rerun: bool = False) -> dict:
     pipeline, env = RUNS[name]
     work = work_copy(name)
-    wall = kedro_run(work, pipeline, env, ([f"{pipeline}.model.name={model}"] if model else []) + params)
+    overrides = ([f"{pipeline}.model.name={model}"] if model else []) + params
+    wall = kedro_run(work, pipeline, env, overrides)
     row = {"name": name + (f" ({model})" if model else ""), "pipeline": pipeline, "wall_s": wall, **results(work, pipeline)}
+    if rerun:  # the same command again on unchanged inputs: the preprocessing cache is reused
+        row["rerun_s"] = kedro_run(work, pipeline, env, overrides)
     if env == "ixi" and pipeline in BASELINE:
         row["baseline"] = baselines(work, ixi_dir())[BASELINE[pipeline]]
     if keep:
@@ -121,11 +124,14 @@ def main() -> None:
     parser.add_argument("--model", help="registered model to use instead of the configured one")
     parser.add_argument("--params", action="append", default=[], help="extra kedro --params item (key=value)")
     parser.add_argument("--keep", type=Path, help="copy each run's data/ folder here")
+    parser.add_argument("--rerun", action="store_true", help="run each command a second time in the same copy "
+                        "(unchanged inputs, preprocessing cached) and print its wall time too")
     args = parser.parse_args()
     for name in args.only or list(RUNS):
-        r = run_in_copy(name, args.model, args.params, args.keep)
+        r = run_in_copy(name, args.model, args.params, args.keep, args.rerun)
         cv, test = r["cv"], r["test"]
-        print(f"== {r['name']}: {r['wall_s']:.0f} s ({r['wall_s'] / 60:.1f} min), {len(cv) - 3} folds, "
+        rerun = f"; rerun {r['rerun_s'] / 60:.1f} min" if "rerun_s" in r else ""
+        print(f"== {r['name']}: {r['wall_s']:.0f} s ({r['wall_s'] / 60:.1f} min{rerun}), {len(cv) - 3} folds, "
               f"{test['n']} test subjects")
         for metric in SHOWN[r["pipeline"]]:
             line = cv_line(metric, cv, test)

@@ -56,9 +56,10 @@ def head():
 def kedro_project(tmp_path, monkeypatch):
     """A throw-away copy of the project's configuration in ``tmp_path``, as the working directory.
 
-    Returns ``run(pipeline, env=None, params=None) -> Path``: runs ``kedro run`` in-process there
-    (data/, mlflow.db and mlruns/ land in the copy, never in the real project) and returns the
-    copy's root.
+    Returns ``run(pipeline, env=None, params=None, fast=True) -> Path``: runs ``kedro run``
+    in-process there (data/, mlflow.db and mlruns/ land in the copy, never in the real project)
+    and returns the copy's root. ``fast`` puts the params on top of
+    :data:`neurokedro.testing.FAST_PREPROCESSING`; ``fast=False`` runs the configured defaults.
     """
     import shutil
 
@@ -72,12 +73,15 @@ def kedro_project(tmp_path, monkeypatch):
     (root / "src").mkdir()  # bootstrap_project wants it; the package itself is installed
     monkeypatch.chdir(root)
 
-    def run(pipeline: str, env: str | None = None, params: dict | None = None) -> Path:
+    def run(pipeline: str, env: str | None = None, params: dict | None = None, fast: bool = True) -> Path:
         from kedro.framework.session import KedroSession
         from kedro.framework.startup import bootstrap_project
 
+        from neurokedro.testing import with_fast_preprocessing
+
         bootstrap_project(root)
-        with KedroSession.create(project_path=root, env=env, runtime_params=params or {}) as session:
+        runtime = with_fast_preprocessing(params) if fast else dict(params or {})
+        with KedroSession.create(project_path=root, env=env, runtime_params=runtime) as session:
             session.run(pipeline_names=[pipeline])
         return root
 

@@ -31,3 +31,17 @@ def install_into_folder(source: str | Path, root: str | Path) -> Path:
     if result.returncode != 0:
         raise RuntimeError(f"pip install of {source} failed:\n{result.stdout}\n{result.stderr}")
     return site
+
+
+#: Preprocessing for tests that run whole pipelines: the scanner-space path with the label map's
+#: brain mask (``label > 0``; the demo and IXI cohorts have label maps), so a test preprocesses its
+#: cohort in seconds. The default path (deepbet, N4, affine MNI152) has tests of its own.
+FAST_PREPROCESSING = {"brain_extraction": "label_map", "registration": "none", "bias_correction": "none"}
+
+
+def with_fast_preprocessing(params: dict | None) -> dict:
+    """``params`` (runtime parameters of a Kedro run) on top of :data:`FAST_PREPROCESSING`: a
+    test's own ``preprocessing`` keys win, the others are kept."""
+    params = dict(params or {})
+    params["preprocessing"] = {**FAST_PREPROCESSING, **dict(params.get("preprocessing") or {})}
+    return params

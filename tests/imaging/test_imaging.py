@@ -9,6 +9,7 @@ from neurokedro.imaging.checks import image_problems
 from neurokedro.imaging.intensity import normalise_intensity
 from neurokedro.imaging.preprocess import preprocess_scan
 from neurokedro.imaging.spatial import brain_mask, crop_grid, mask_bounding_box_mm, reorient_to_ras
+from neurokedro.testing import FAST_PREPROCESSING
 
 
 def test_reorient_to_ras_from_ixi_like_psr_keeps_world_positions():
@@ -75,7 +76,7 @@ def test_normalise_intensity_zscore_inside_mask():
 
 def test_preprocess_scan_shapes_affine_and_labels():
     image, label = make_head(shape=(24, 28, 20), orientation="PSR")
-    out = preprocess_scan(image, label, {"grid_shape": [16, 16, 16], "voxel_size_mm": 2.5})
+    out = preprocess_scan(image, label, {**FAST_PREPROCESSING, "grid_shape": [16, 16, 16], "voxel_size_mm": 2.5})
     assert out.image.shape == (1, 16, 16, 16) and out.image.dtype == np.float32
     assert out.label.shape == (16, 16, 16) and out.label.dtype == np.int16
     assert set(np.unique(out.label)) <= {0, 1, 2, 3}
@@ -91,25 +92,25 @@ def test_preprocess_scan_rejects_label_on_another_grid():
     image, _ = make_head(shape=(16, 16, 16))
     _, other = make_head(shape=(18, 16, 16))
     with pytest.raises(ValueError, match="does not match"):
-        preprocess_scan(image, other, {"grid_shape": [8, 8, 8]})
+        preprocess_scan(image, other, {**FAST_PREPROCESSING, "grid_shape": [8, 8, 8]})
 
 
 def test_preprocess_scan_series_takes_the_first_time_points_as_channels():
     image, label = make_head(shape=(20, 20, 20), orientation="PSR")
     data = np.asarray(image.dataobj, np.float32)
     series = nib.Nifti1Image(np.stack([data * (1 + 0.1 * t) for t in range(5)], axis=-1), image.affine)
-    out = preprocess_scan(series, label, {"grid_shape": [8, 8, 8], "voxel_size_mm": 4.0, "time_points": 3})
+    out = preprocess_scan(series, label, {**FAST_PREPROCESSING, "grid_shape": [8, 8, 8], "voxel_size_mm": 4.0, "time_points": 3})
     assert out.image.shape == (3, 8, 8, 8) and out.image.dtype == np.float32
     brain = out.label > 0
     # Normalised jointly over time: the increasing intensity stays increasing, mean 0 over all.
     means = [out.image[t][brain].mean() for t in range(3)]
     assert means[0] < means[1] < means[2]
     assert np.mean(means) == pytest.approx(0, abs=1e-4)
-    one = preprocess_scan(series, label, {"grid_shape": [8, 8, 8], "voxel_size_mm": 4.0, "time_points": 1})
+    one = preprocess_scan(series, label, {**FAST_PREPROCESSING, "grid_shape": [8, 8, 8], "voxel_size_mm": 4.0, "time_points": 1})
     assert one.image.shape == (1, 8, 8, 8)
     with pytest.raises(ValueError, match="time_points"):
-        preprocess_scan(series, label, {"grid_shape": [8, 8, 8], "time_points": 6})
+        preprocess_scan(series, label, {**FAST_PREPROCESSING, "grid_shape": [8, 8, 8], "time_points": 6})
     with pytest.raises(ValueError, match="time_points"):
-        preprocess_scan(series, label, {"grid_shape": [8, 8, 8]})
+        preprocess_scan(series, label, {**FAST_PREPROCESSING, "grid_shape": [8, 8, 8]})
     assert [c for c, _ in image_problems(series, time_points=5)] == []
     assert [c for c, _ in image_problems(series, time_points=6)] == ["time_points"]

@@ -20,6 +20,7 @@ from neurokedro.pipelines.data_engineering.nodes import (
     preprocess_scans,
     split_by_subject,
 )
+from neurokedro.testing import FAST_PREPROCESSING
 
 LABELS = {"age": {"min": 0, "max": 120}}
 
@@ -86,7 +87,7 @@ def test_check_scans_with_nothing_usable_stops_with_a_clear_error(tmp_path):
 def test_preprocess_store_split_and_qc_end_to_end(tmp_path):
     table, label_findings = encode_labels(_cohort(tmp_path, 10), LABELS)
     passed, scan_findings = check_scans(table)
-    lazy = preprocess_scans(passed, {"grid_shape": [8, 8, 8], "voxel_size_mm": 3.0})
+    lazy = preprocess_scans(passed, {**FAST_PREPROCESSING, "grid_shape": [8, 8, 8], "voxel_size_mm": 3.0})
     dataset = VolumeStoreDataset(filepath=str(tmp_path / "store"))
     dataset.save(lazy)
     store = dataset.load()
@@ -102,7 +103,7 @@ def test_rerunning_preprocessing_computes_only_new_or_edited_scans(tmp_path, mon
     (tmp_path / "scans").mkdir()
     table, _ = encode_labels(_cohort(tmp_path / "scans", 6), LABELS)
     passed, _ = check_scans(table)
-    params = {"grid_shape": [8, 8, 8], "voxel_size_mm": 3.0}
+    params = {**FAST_PREPROCESSING, "grid_shape": [8, 8, 8], "voxel_size_mm": 3.0}
     dataset = VolumeStoreDataset(filepath=str(tmp_path / "store"))
     dataset.save(preprocess_scans(passed, params))
     first = np.array(dataset.load().images)
@@ -127,7 +128,7 @@ def test_rerunning_preprocessing_computes_only_new_or_edited_scans(tmp_path, mon
     assert not np.array_equal(dataset.load().images[2], first[2])
     np.testing.assert_array_equal(dataset.load().images[[0, 1, 3, 4, 5]], first[[0, 1, 3, 4, 5]])
     computed.clear()
-    dataset.save(preprocess_scans(passed, {**params, "clip": 3.0}))
+    dataset.save(preprocess_scans(passed, {**FAST_PREPROCESSING, **params, "clip": 3.0}))
     assert len(computed) == 6
 
 
@@ -233,7 +234,7 @@ def test_label_lookup_turns_region_codes_into_tissue_classes(tmp_path):
     nib.save(nib.Nifti1Image(regions, image.affine), tmp_path / "regions.nii.gz")
     table = pd.DataFrame({"subject_id": ["s"], "session_id": ["1"], "image_path": [str(tmp_path / "t1.nii.gz")],
                           "label_path": [str(tmp_path / "regions.nii.gz")], "label_lookup": [str(tmp_path / "muse.csv")]})
-    lazy = preprocess_scans(table, {"grid_shape": [16, 16, 16], "voxel_size_mm": 2.0})
+    lazy = preprocess_scans(table, {**FAST_PREPROCESSING, "grid_shape": [16, 16, 16], "voxel_size_mm": 2.0})
     volume = lazy.compute(0)
     assert set(np.unique(volume.label)) == {0, 2, 3}
     assert (volume.label == 3).sum() == 4**3 and (volume.label == 2).sum() == 8**3 - 4**3
@@ -247,24 +248,25 @@ def _saved(lazy, path):
     return dataset.load()
 
 
-def test_registration_none_writes_exactly_the_default_store(tmp_path):
-    """The new options at their defaults change nothing: arrays, index, metadata and fingerprint."""
+def test_registration_none_ignores_the_registration_threshold(tmp_path):
+    """Without registration its QC threshold changes nothing (arrays, index, metadata and
+    fingerprint), while bias correction does."""
     table, _ = encode_labels(_cohort(tmp_path, 3), LABELS)
     passed, _ = check_scans(table)
-    base = {"grid_shape": [8, 8, 8], "voxel_size_mm": 3.0}
+    base = {**FAST_PREPROCESSING, "grid_shape": [8, 8, 8], "voxel_size_mm": 3.0}
     default = _saved(preprocess_scans(passed, base), tmp_path / "default")
-    explicit = _saved(preprocess_scans(passed, {**base, "registration": "none", "bias_correction": "none",
+    explicit = _saved(preprocess_scans(passed, {**FAST_PREPROCESSING, **base, "registration": "none", "bias_correction": "none",
                                                 "registration_qc_min_correlation": 0.4}), tmp_path / "none")
     for name in ("images", "labels", "affines"):
         np.testing.assert_array_equal(getattr(default, name), getattr(explicit, name))
     pd.testing.assert_frame_equal(default.index, explicit.index)
     assert default.meta == explicit.meta
-    assert "registration" not in default.meta["preprocessing"] and "registration_correlation" not in default.index
+    assert default.meta["preprocessing"]["registration"] == "none" and "registration_correlation" not in default.index
     # a threshold alone (registration off) does not change the store either
-    threshold_only = preprocess_scans(passed, {**base, "registration_qc_min_correlation": 0.9})
+    threshold_only = preprocess_scans(passed, {**FAST_PREPROCESSING, **base, "registration_qc_min_correlation": 0.9})
     assert threshold_only.meta == default.meta
     # a non-default option is recorded and changes the fingerprint (nothing is computed yet)
-    n4 = preprocess_scans(passed, {**base, "bias_correction": "n4"})
+    n4 = preprocess_scans(passed, {**FAST_PREPROCESSING, **base, "bias_correction": "n4"})
     assert n4.meta["preprocessing"]["bias_correction"] == "n4" and n4.meta["fingerprint"] != default.meta["fingerprint"]
     from neurokedro.pipelines.data_engineering.nodes import plot_registration_qc
 
@@ -274,9 +276,9 @@ def test_registration_none_writes_exactly_the_default_store(tmp_path):
 def test_unknown_registration_options_are_refused(tmp_path):
     table, _ = encode_labels(_cohort(tmp_path, 1), LABELS)
     with pytest.raises(ValueError, match="unknown registration 'rigid'"):
-        preprocess_scans(table, {"registration": "rigid"})
+        preprocess_scans(table, {**FAST_PREPROCESSING, "registration": "rigid"})
     with pytest.raises(ValueError, match="unknown bias_correction"):
-        preprocess_scans(table, {"bias_correction": "n3"})
+        preprocess_scans(table, {**FAST_PREPROCESSING, "bias_correction": "n3"})
 
 
 def test_a_scan_failing_registration_qc_is_a_finding_and_the_rest_goes_on(tmp_path, monkeypatch):
@@ -293,7 +295,7 @@ def test_a_scan_failing_registration_qc_is_a_finding_and_the_rest_goes_on(tmp_pa
     shift[:3, 3] = [4.0, -6.0, 2.0]  # template point x lies at x + (4, -6, 2) mm in the scan
     correlations = {"s0": 0.6, "s1": 0.12, "s2": None, "s3": 0.55}
 
-    def fake_register(img, seed=1):
+    def fake_register(img, seed=1, brain_mask=None):
         subject = next(s for s in correlations if img.get_filename().endswith(f"/{s}.nii.gz"))
         if correlations[subject] is None:
             raise RegistrationError("no head found in the image")
@@ -303,7 +305,7 @@ def test_a_scan_failing_registration_qc_is_a_finding_and_the_rest_goes_on(tmp_pa
     monkeypatch.setattr(registration, "register_to_template", fake_register)
     table, label_findings = encode_labels(_cohort(tmp_path, 4), LABELS)
     passed, scan_findings = check_scans(table)
-    params = {"grid_shape": [48, 48, 48], "voxel_size_mm": 4.0, "registration": "affine",
+    params = {**FAST_PREPROCESSING, "brain_extraction": "template", "grid_shape": [48, 48, 48], "voxel_size_mm": 4.0, "registration": "affine",
               "registration_qc_min_correlation": 0.3, "n_workers": 2}  # forked workers see the stand-in too
     store = _saved(preprocess_scans(passed, params), tmp_path / "store")
 
@@ -367,7 +369,7 @@ def test_a_real_scan_registers_with_its_tissue_labels_on_the_brain(ixi_dir, tmp_
         "label_path": [str(ixi_dir / "dlmuse" / f"{SUBJECT}_T1_DLMUSE.nii.gz")],
         "label_lookup": [str(ixi_dir / "muse_mapping_derived.csv")],
     })
-    params = {"grid_shape": [32, 32, 32], "voxel_size_mm": 6.0, "registration": "affine", "bias_correction": "n4"}
+    params = {**FAST_PREPROCESSING, "brain_extraction": "template", "grid_shape": [32, 32, 32], "voxel_size_mm": 6.0, "registration": "affine", "bias_correction": "n4"}
     store = _saved(preprocess_scans(table, params), tmp_path / "store")
     assert store.index.loc[0, "registration_correlation"] > 0.5  # the default threshold is 0.4
     assert bool(store.index.loc[0, "preprocess_ok"])
@@ -389,8 +391,8 @@ def test_a_real_scan_turned_upside_down_fails_registration_qc(ixi_dir, tmp_path)
     nib.save(nib.Nifti1Image(canonical.get_fdata(dtype=np.float32)[:, :, ::-1].copy(), canonical.affine), upside_down)
     table = pd.DataFrame({"subject_id": ["broken"], "session_id": ["1"], "image_path": [str(upside_down)],
                           "label_path": [None]})
-    store = _saved(preprocess_scans(table, {"grid_shape": [16, 16, 16], "voxel_size_mm": 12.0,
-                                            "registration": "affine"}), tmp_path / "store")
+    store = _saved(preprocess_scans(table, {**FAST_PREPROCESSING, "grid_shape": [16, 16, 16], "voxel_size_mm": 12.0,
+                                            "registration": "affine", "brain_extraction": "template"}), tmp_path / "store")
     correlation = store.index.loc[0, "registration_correlation"]
     assert correlation < 0.4 and not bool(store.index.loc[0, "preprocess_ok"])
     qc = compile_qc_table(pd.DataFrame(), pd.DataFrame(), store)
@@ -405,15 +407,15 @@ def test_registration_options_are_part_of_each_scans_cache_key(tmp_path, monkeyp
 
     calls: list[str] = []
 
-    def fake_register(img, seed=1):
+    def fake_register(img, seed=1, brain_mask=None):
         calls.append(img.get_filename())
         return AffineRegistration(transform=np.eye(4), correlation=0.6, start=(10.0, 0.0), n_fits=1, skull_stripped=False)
 
     monkeypatch.setattr(registration, "register_to_template", fake_register)
     table, _ = encode_labels(_cohort(tmp_path, 3), LABELS)
     passed, _ = check_scans(table)
-    plain = {"grid_shape": [8, 8, 8], "voxel_size_mm": 6.0}
-    registered = {**plain, "registration": "affine"}
+    plain = {**FAST_PREPROCESSING, "grid_shape": [8, 8, 8], "voxel_size_mm": 6.0}
+    registered = {**plain, "registration": "affine", "brain_extraction": "template"}
     dataset = VolumeStoreDataset(filepath=str(tmp_path / "store"))
     dataset.save(preprocess_scans(passed, plain))
     first = dataset.load()
@@ -459,18 +461,20 @@ def test_registration_without_antspy_stops_with_the_pip_command(tmp_path, monkey
     table, _ = encode_labels(_cohort(tmp_path, 1), LABELS)
     for option in ({"registration": "affine"}, {"bias_correction": "n4"}):
         with pytest.raises(ImportError, match="pip install antspyx"):
-            preprocess_scans(table, {"grid_shape": [8, 8, 8], **option})
-    preprocess_scans(table, {"grid_shape": [8, 8, 8]})  # the default needs no ANTsPy
+            preprocess_scans(table, {**FAST_PREPROCESSING, "grid_shape": [8, 8, 8], **option})
+    preprocess_scans(table, {**FAST_PREPROCESSING, "grid_shape": [8, 8, 8]})  # the default needs no ANTsPy
 
 
-def test_the_default_pipelines_do_not_import_antspy():
-    """``kedro run`` without registration must not pay for (or need) ANTsPy."""
+def test_building_the_pipelines_imports_neither_antspy_nor_deepbet():
+    """Both are imported only by the scans that use them (so a `kedro viz` or a scanner-space run
+    does not pay for them)."""
     import subprocess
     import sys
 
     code = ("import sys\nfrom neurokedro.pipeline_registry import register_pipelines\n"
             "from neurokedro.pipelines.data_engineering import nodes\nregister_pipelines()\n"
-            "assert 'ants' not in sys.modules, 'ants imported'\n")
+            "assert 'ants' not in sys.modules, 'ants imported'\n"
+            "assert 'deepbet' not in sys.modules, 'deepbet imported'\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
@@ -493,7 +497,7 @@ def test_antspy_registers_a_moved_template_and_flags_a_noise_volume(tmp_path):
     table = pd.DataFrame({"subject_id": ["moved", "noise"], "session_id": ["1", "1"],
                           "image_path": [str(tmp_path / "moved.nii.gz"), str(tmp_path / "noise.nii.gz")],
                           "label_path": [None, None]})
-    params = {"grid_shape": [16, 16, 16], "voxel_size_mm": 12.0, "registration": "affine"}
+    params = {**FAST_PREPROCESSING, "brain_extraction": "template", "grid_shape": [16, 16, 16], "voxel_size_mm": 12.0, "registration": "affine"}
     store = _saved(preprocess_scans(table, params), tmp_path / "store")
     index = store.index.set_index("subject_id")
     assert index["preprocess_ok"].to_dict() == {"moved": True, "noise": False}
@@ -535,7 +539,8 @@ def test_time_points_store_4d_series_as_channels_and_short_series_are_qc_finding
     # Without time_points a series is not a scan: every row is a dimensionality finding.
     with pytest.raises(EmptyCohortError, match="dimensionality"):
         check_scans(table)
-    params = {"grid_shape": [8, 8, 8], "voxel_size_mm": 3.0, "time_points": 4}
+    params = {**FAST_PREPROCESSING, "brain_extraction": "intensity", "grid_shape": [8, 8, 8], "voxel_size_mm": 3.0,
+              "time_points": 4}
     passed, scan_findings = check_scans(table, params)
     assert passed["subject_id"].tolist() == ["sub-0", "sub-1", "sub-2"]
     short = scan_findings.set_index("subject_id").loc["sub-3"]
@@ -558,10 +563,10 @@ def test_time_points_store_4d_series_as_channels_and_short_series_are_qc_finding
 
 def test_time_points_enter_the_cache_key_and_none_keeps_the_old_keys(tmp_path):
     index = _series_cohort(tmp_path, volumes=(6,))
-    keys = {t: nodes.scan_cache_keys(index, nodes.preprocessing_compute_params({"time_points": t}))[0] for t in (None, 2, 4)}
+    keys = {t: nodes.scan_cache_keys(index, nodes.preprocessing_compute_params({**FAST_PREPROCESSING, "brain_extraction": "intensity", "time_points": t}))[0] for t in (None, 2, 4)}
     assert len(set(keys.values())) == 3
-    assert "time_points" not in nodes.preprocessing_compute_params({"time_points": None})  # old stores keep their keys
-    assert preprocess_scans(index, {"time_points": 4}).index[nodes.CACHE_KEY][0] == keys[4]
+    assert "time_points" not in nodes.preprocessing_compute_params({**FAST_PREPROCESSING, "time_points": None})  # old stores keep their keys
+    assert preprocess_scans(index, {**FAST_PREPROCESSING, "brain_extraction": "intensity", "time_points": 4}).index[nodes.CACHE_KEY][0] == keys[4]
     with pytest.raises(ValueError, match="registration"):
         nodes.preprocessing_compute_params({"time_points": 4, "registration": "affine"})
 
@@ -614,7 +619,7 @@ def test_mgz_and_minc_scans_pass_qc_and_preprocess_to_the_volume_of_their_nifti_
     passed, findings = check_scans(_formats_cohort(tmp_path))
     assert findings.empty and list(passed["subject_id"]) == ["nii", "mgz", "mnc1", "mnc2"]
     dataset = VolumeStoreDataset(filepath=str(tmp_path / "store"))
-    dataset.save(preprocess_scans(passed, {"grid_shape": [8, 8, 8], "voxel_size_mm": 3.0}))
+    dataset.save(preprocess_scans(passed, {**FAST_PREPROCESSING, "brain_extraction": "intensity", "grid_shape": [8, 8, 8], "voxel_size_mm": 3.0}))
     store = dataset.load()
     assert store.index["preprocess_ok"].all()
     for row in (1, 2, 3):  # the same voxels at the same places: MINC's int16 scaling is all that differs

@@ -59,7 +59,7 @@ def test_real_series_are_preprocessed_into_time_point_channels_and_short_ones_ar
 
     table, _ = encode_labels(BoldBidsCohort(data_root=str(bids_fmri), task="rest").build(), LABELS)
     # mask none: functional.nii is a 3-slice excerpt in which nilearn's EPI mask finds no brain.
-    params = {"time_points": 4, "mask": "none", "grid_shape": [8, 8, 8], "voxel_size_mm": 8.0}
+    params = {"time_points": 4, "brain_extraction": "none", "registration": "none", "bias_correction": "none", "grid_shape": [8, 8, 8], "voxel_size_mm": 8.0}
     passed, findings = check_scans(table, params)
     assert passed["subject_id"].tolist() == ["sub-02"]
     assert findings[["subject_id", "check", "value"]].values.tolist() == [["sub-01", "time_points", "2 volumes"]]

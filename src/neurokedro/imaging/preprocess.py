@@ -1,15 +1,15 @@
 """One scan from its file (NIfTI, MGH/MGZ or MINC, as nibabel loads it) to the model grid: the
 preprocessing chain used by training and predict.
 
-Two paths, chosen by ``registration``:
-
-* ``none`` (default): the scan stays in its own (scanner) space; reorient, mask, crop,
-  resample, normalise (:func:`preprocess_scan` with ``transform=None``).
-* ``affine``: raw scan -> reorient -> (N4) -> affine to the MNI152 template -> template brain
-  mask -> the same crop, resampling and normalisation, on a grid in MNI space. The registration
-  itself (:func:`~neurokedro.imaging.registration.register_to_template`) runs once per scan
-  before the volume store is written (its transform and quality number go into the store's
-  index); :func:`preprocess_scan` then applies the transform it is given.
+The default is the field's standard brain-age path for raw T1 scans: reorient -> learned brain
+extraction (``brain_extraction: deepbet``, :mod:`neurokedro.imaging.brain_extraction`) -> N4
+(``bias_correction: n4``) -> affine registration of the brain to the MNI152 template
+(``registration: affine``) -> crop, resampling and normalisation on one grid in MNI space. The
+brain extraction and registration
+(:func:`~neurokedro.imaging.registration.register_to_template`) run once per scan before the
+volume store is written (the transform, the quality number and the mask's volume go into the
+store's index); :func:`preprocess_scan` then applies the mask and transform it is given.
+``registration: none`` keeps each scan in its own (scanner) space.
 """
 
 from __future__ import annotations
@@ -22,13 +22,14 @@ import nibabel as nib
 import numpy as np
 from nilearn.image import mean_img
 
+from neurokedro.imaging.brain_extraction import BRAIN_EXTRACTION_METHODS, extract_brain
 from neurokedro.imaging.checks import grids_match
 from neurokedro.imaging.intensity import normalise_intensity
-from neurokedro.imaging.spatial import brain_mask, crop_grid, reorient_to_ras, resample_to_grid
+from neurokedro.imaging.spatial import crop_grid, reorient_to_ras, resample_to_grid
 from neurokedro.io.volume_store import PreprocessedVolume
 
 DEFAULTS: dict[str, Any] = {
-    "mask": "auto",
+    "brain_extraction": "deepbet",  # deepbet | label_map | template | intensity | none
     "grid_shape": [64, 64, 64],
     "voxel_size_mm": 3.0,
     "margin_mm": 4.0,
@@ -37,12 +38,10 @@ DEFAULTS: dict[str, Any] = {
     "clip": 5.0,
 }
 
-#: The raw-scan path's options (``parameters_data_engineering.yml:preprocessing``). Kept apart
-#: from :data:`DEFAULTS` so that, left at these values, the store's metadata and fingerprint are
-#: exactly those of a store written before the options existed.
+#: The raw-scan path's options (``parameters_data_engineering.yml:preprocessing``).
 REGISTRATION_DEFAULTS: dict[str, Any] = {
-    "registration": "none",               # none | affine (MNI152, ANTs)
-    "bias_correction": "none",            # none | n4 (of the output intensities)
+    "registration": "affine",             # none | affine (MNI152, ANTs)
+    "bias_correction": "n4",              # none | n4 (of the output intensities)
     "registration_qc_min_correlation": 0.4,  # between good and broken fits on IXI (docs/results.md)
 }
 REGISTRATION_METHODS = ("none", "affine")
@@ -50,16 +49,25 @@ BIAS_CORRECTIONS = ("none", "n4")
 
 
 def registration_options(params: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The raw-scan options of ``params`` with their defaults, validated.
+    """The raw-scan options of ``params`` with their defaults, validated, and its
+    ``brain_extraction`` checked.
 
     Returns:
         ``{"registration", "bias_correction", "registration_qc_min_correlation"}``.
 
     Raises:
-        ValueError: for an unknown ``registration`` or ``bias_correction``, or a threshold
-            outside [-1, 1].
+        ValueError: for an unknown ``registration``, ``bias_correction`` or ``brain_extraction``,
+            ``brain_extraction: template`` without registration, a threshold outside [-1, 1],
+            or the old key ``mask`` (renamed ``brain_extraction``).
     """
-    p = {**REGISTRATION_DEFAULTS, **{k: v for k, v in dict(params or {}).items() if k in REGISTRATION_DEFAULTS}}
+    params = dict(params or {})
+    if "mask" in params:
+        raise ValueError(f"preprocessing.mask ({params['mask']!r}) is now preprocessing.brain_extraction: one of "
+                         f"{BRAIN_EXTRACTION_METHODS} (label_map for the old 'label', template for the MNI152 mask)")
+    method = str(params.get("brain_extraction", DEFAULTS["brain_extraction"]))
+    if method not in BRAIN_EXTRACTION_METHODS:
+        raise ValueError(f"unknown preprocessing.brain_extraction {method!r}; use one of {BRAIN_EXTRACTION_METHODS}")
+    p = {**REGISTRATION_DEFAULTS, **{k: v for k, v in params.items() if k in REGISTRATION_DEFAULTS}}
     p["registration"] = str(p["registration"]).lower()
     p["bias_correction"] = str(p["bias_correction"]).lower()
     if p["registration"] not in REGISTRATION_METHODS:
@@ -70,6 +78,8 @@ def registration_options(params: Mapping[str, Any] | None) -> dict[str, Any]:
     if not -1.0 <= threshold <= 1.0:
         raise ValueError(f"registration_qc_min_correlation must be a correlation in [-1, 1], got {threshold}")
     p["registration_qc_min_correlation"] = threshold
+    if method == "template" and p["registration"] == "none":
+        raise ValueError("brain_extraction 'template' (the MNI152 brain mask) needs registration: affine")
     return p
 
 
@@ -79,18 +89,21 @@ def preprocess_scan(
     params: Mapping[str, Any] | None = None,
     keep_label: bool = True,
     transform: np.ndarray | None = None,
+    brain: nib.spatialimages.SpatialImage | None = None,
 ) -> PreprocessedVolume:
-    """Reorient, (bias-correct,) (move to MNI space,) mask, crop, resample and normalise one
-    T1-weighted scan, or the first volumes of a 4D series.
+    """Reorient, skull-strip, (bias-correct,) (move to MNI space,) crop, resample and normalise
+    one T1-weighted scan, or the first volumes of a 4D series.
 
-    Steps: reorient to RAS (``nibabel.as_closest_canonical``); with ``bias_correction: n4``,
-    N4 (:func:`~neurokedro.imaging.registration.n4_bias_correction`); with a ``transform``
-    (``registration: affine``), the image and label map are placed in MNI space
-    (:func:`~neurokedro.imaging.registration.move_to_template`: a new affine, no resampling) and
-    the brain mask is the MNI152 template's (``mask: auto`` or ``template``); otherwise the brain
-    mask comes from the label map (``label > 0``) when there is one, else from intensities. Then a
-    RAS grid of ``grid_shape`` isotropic voxels of ``voxel_size_mm`` centred on the brain mask
-    (the crop; in MNI space the same grid for every scan); resampling onto it with nilearn
+    Steps: reorient to RAS (``nibabel.as_closest_canonical``); the brain mask of
+    ``brain_extraction`` (:func:`~neurokedro.imaging.brain_extraction.extract_brain`: deepbet,
+    the label map's ``label > 0``, intensities, every voxel; or ``brain``, a mask the caller
+    already computed on the scan's grid); with ``bias_correction: n4``, N4
+    (:func:`~neurokedro.imaging.registration.n4_bias_correction`, fitted inside the brain mask);
+    with a ``transform`` (``registration: affine``), the image, mask and label map are placed in
+    MNI space (:func:`~neurokedro.imaging.registration.move_to_template`: a new affine, no
+    resampling), and ``brain_extraction: template`` takes the MNI152 brain mask. Then a RAS grid
+    of ``grid_shape`` isotropic voxels of ``voxel_size_mm`` centred on the brain mask (in MNI
+    space on the template's, so the same grid for every scan); resampling onto it with nilearn
     (linear for the image, nearest neighbour for the mask and label map, so label codes stay
     exact): the only interpolation of the raw voxels; normalisation inside the brain mask, 0
     outside (the brain extraction).
@@ -104,15 +117,17 @@ def preprocess_scan(
     Args:
         image: the T1-weighted image (3D, any orientation), or with ``time_points`` a 4D series.
         label: optional label map on the image's grid.
-        params: overrides of :data:`DEFAULTS` (``mask``, ``grid_shape``, ``voxel_size_mm``,
-            ``margin_mm``, ``interpolation``, ``normalisation``, ``clip``), of
+        params: overrides of :data:`DEFAULTS` (``brain_extraction``, ``grid_shape``,
+            ``voxel_size_mm``, ``margin_mm``, ``interpolation``, ``normalisation``, ``clip``), of
             :data:`REGISTRATION_DEFAULTS` (``bias_correction``; ``registration`` is implied by
             ``transform``) and ``time_points`` (None: one 3D volume; T: a 4D series).
-        keep_label: resample the label map onto the grid and return it; False uses it for the
-            brain mask only (when the caller maps it to the grid another way, e.g.
+        keep_label: resample the label map onto the grid and return it; False when the caller
+            maps it to the grid another way (e.g.
             :func:`~neurokedro.imaging.tissue.resample_tissue_classes`), saving a resampling.
         transform: ``(4, 4)`` template-to-scan RAS matrix from
             :func:`~neurokedro.imaging.registration.register_to_template`, or None (scanner space).
+        brain: the scan's brain mask on its grid, already computed (e.g. by deepbet before the
+            registration); None computes it here.
 
     Returns:
         :class:`~neurokedro.io.volume_store.PreprocessedVolume`: image float32 ``(C, D, H, W)``
@@ -121,9 +136,10 @@ def preprocess_scan(
 
     Raises:
         ValueError: if the label map's grid differs from the image's, the mask is empty,
-            ``mask: template`` is asked for without a transform, the image is not one 3D volume
-            (without ``time_points``) or has fewer than ``time_points`` volumes, or a series is
-            to be registered or bias-corrected (both are for 3D scans).
+            ``brain_extraction: template`` is asked for without a transform, ``label_map``
+            without a label map, the image is not one 3D volume (without ``time_points``) or has
+            fewer than ``time_points`` volumes, or a series is to be registered or bias-corrected.
+        ImportError: for ``brain_extraction: deepbet`` without deepbet installed.
     """
     p = {**DEFAULTS, **dict(params or {})}
     options = registration_options(params)
@@ -135,28 +151,31 @@ def preprocess_scan(
     if series is not None and (transform is not None or options["bias_correction"] != "none"):
         raise ValueError("a 4D series (preprocessing.time_points) is preprocessed in its own space; registration "
                          "and bias_correction are for 3D scans")
+    if p["brain_extraction"] == "template" and transform is None:
+        raise ValueError("brain_extraction 'template' (the MNI152 brain mask) needs registration: affine")
     image = reorient_to_ras(image if series is None else series)
     label = reorient_to_ras(label) if label is not None else None
+    if brain is not None:
+        mask = reorient_to_ras(brain)
+    else:  # a series' mask: from its mean image, one for every time point
+        mask = extract_brain(image if series is None else mean_img(image, copy_header=True), label,
+                             p["brain_extraction"])
     if options["bias_correction"] == "n4":
         from neurokedro.imaging.registration import n4_bias_correction
 
-        image = n4_bias_correction(nib.Nifti1Image(image.get_fdata(dtype=np.float32), image.affine))
+        inside = None if mask is None or p["brain_extraction"] == "none" else np.asarray(mask.dataobj) > 0
+        image = n4_bias_correction(nib.Nifti1Image(image.get_fdata(dtype=np.float32), image.affine), mask=inside)
     if transform is not None:
         from neurokedro.imaging.registration import mni152_template, move_to_template
 
         image = move_to_template(image, transform)
         label = move_to_template(label, transform) if label is not None else None
-        if p["mask"] in ("auto", "template"):
-            mask = mni152_template()[1]
-        else:
-            mask = brain_mask(image, label, method=p["mask"])
-    elif p["mask"] == "template":
-        raise ValueError("mask 'template' (the MNI152 brain mask) needs registration: affine")
-    else:  # a series' mask: from its mean image, one for every time point
-        mask = brain_mask(image if series is None else mean_img(image, copy_header=True), label, method=p["mask"])
+        mask = mni152_template()[1] if mask is None else move_to_template(mask, transform)
+        # One grid for every scan: centred on the template's brain, whatever each mask is.
+        affine = _grid_affine(mni152_template()[1], p)
+    else:
+        affine = _grid_affine(mask, p)
     shape = tuple(int(s) for s in p["grid_shape"])
-    voxel = p["voxel_size_mm"]
-    affine = crop_grid(mask, shape, None if voxel is None else float(voxel), float(p["margin_mm"]))
     data = resample_to_grid(image, affine, shape, p["interpolation"]).get_fdata(dtype=np.float32)
     grid_mask = np.asarray(resample_to_grid(mask, affine, shape, "nearest").dataobj) > 0
     if series is not None:
@@ -169,6 +188,13 @@ def preprocess_scan(
     if label is not None and keep_label:
         grid_label = np.asarray(resample_to_grid(label, affine, shape, "nearest").dataobj).astype(np.int16)
     return PreprocessedVolume(image=data, affine=affine, label=grid_label)
+
+
+def _grid_affine(mask: nib.spatialimages.SpatialImage, p: Mapping[str, Any]) -> np.ndarray:
+    """The model grid's affine, centred on ``mask`` (:func:`~neurokedro.imaging.spatial.crop_grid`)."""
+    voxel = p["voxel_size_mm"]
+    shape = tuple(int(s) for s in p["grid_shape"])
+    return crop_grid(mask, shape, None if voxel is None else float(voxel), float(p["margin_mm"]))
 
 
 def _first_volumes(image: nib.spatialimages.SpatialImage, time_points: int | None) -> nib.Nifti1Image | None:

@@ -66,6 +66,7 @@ import os
 import sys
 import tempfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,14 @@ SMOOTHING_SIGMAS = (2, 1, 0)
 ITERATIONS = (1000, 500, 250)
 #: Fraction of the template voxels (inside the metric mask) sampled by the metric.
 SAMPLING_RATE = 0.2
+#: The schedule of a brain-extracted scan (``register_to_template(..., brain_mask=...)``): brain
+#: to brain has no scalp to escape, so fewer iterations and a sparser metric sample reach the same
+#: correlation with the template in a fraction of the time (``python bench/registration_speed.py``).
+BRAIN_ITERATIONS = (200, 100, 50)
+BRAIN_SAMPLING_RATE = 0.1
+#: Starts of a brain-extracted scan, ``(None, metric_mask_dilation_mm)``: the centroids of the two
+#: brain masks on each other, then the same with the metric mask dilated.
+STARTS_BRAIN = ((None, 0.0), (None, 6.0))
 #: A head mask smaller than this (ml) means a skull-stripped scan: it lies between IXI's whole
 #: heads with the neck and its brains (docs/results.md, "Registration QC threshold and starts").
 SKULL_STRIPPED_MAX_ML = 2500.0
@@ -131,7 +140,7 @@ _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 #: Part of the cache key of every registered scan: bump when a change here (the constants above,
 #: the fit, the QC number, :func:`move_to_template`) changes a registered scan's volume.
-REGISTRATION_CODE_VERSION = 1
+REGISTRATION_CODE_VERSION = 2
 
 
 class RegistrationError(RuntimeError):
@@ -148,7 +157,8 @@ class AffineRegistration:
             estimates). :func:`move_to_template` applies it.
         correlation: Pearson correlation of the registered scan (N4-corrected, 2 mm) with the
             template inside the template brain mask (:func:`template_correlation`), in [-1, 1].
-        start: the start ``(scalp_mm, metric_mask_dilation_mm)`` the kept fit came from.
+        start: the start ``(scalp_mm, metric_mask_dilation_mm)`` the kept fit came from
+            (``scalp_mm`` NaN for a brain-extracted scan, started from the brain's centroid).
         n_fits: how many starts were fitted (1 unless the first fit correlated poorly).
         skull_stripped: whether the scan's head mask was brain-sized (the starts assume no scalp).
     """
@@ -435,7 +445,10 @@ def template_correlation(img_in_template_space: nib.spatialimages.SpatialImage) 
     return float(np.corrcoef(values, reference)[0, 1])
 
 
-def _fit_affine(ants: Any, moving: Any, translation: np.ndarray, mask_dilation_mm: float, seed: int) -> np.ndarray:
+def _fit_affine(
+    ants: Any, moving: Any, translation: np.ndarray, mask_dilation_mm: float, seed: int,
+    iterations: tuple[int, ...] = ITERATIONS, sampling_rate: float = SAMPLING_RATE,
+) -> np.ndarray:
     """One ``antsRegistration`` affine fit from ``translation``; the template-to-scan RAS matrix."""
     template, brain = mni152_template()
     metric_mask = np.asarray(brain.dataobj) > 0
@@ -459,9 +472,9 @@ def _fit_affine(ants: Any, moving: Any, translation: np.ndarray, mask_dilation_m
                 result = ants.registration(
                     fixed, moving, type_of_transform="Affine", initial_transform=[start_path],
                     outprefix=str(Path(tmp) / "fit_"), mask=fixed_mask, aff_metric="mattes",
-                    aff_sampling=32, aff_random_sampling_rate=SAMPLING_RATE,
+                    aff_sampling=32, aff_random_sampling_rate=float(sampling_rate),
                     aff_shrink_factors=SHRINK_FACTORS, aff_smoothing_sigmas=SMOOTHING_SIGMAS,
-                    aff_iterations=ITERATIONS,
+                    aff_iterations=tuple(int(i) for i in iterations),
                 )
             except RuntimeError as exc:
                 raise RegistrationError(f"ANTs affine registration failed: {exc}") from exc
@@ -473,52 +486,96 @@ def _fit_affine(ants: Any, moving: Any, translation: np.ndarray, mask_dilation_m
         config._deterministic, config._random_seed = previous
 
 
-def register_to_template(img: nib.spatialimages.SpatialImage, seed: int = 1) -> AffineRegistration:
+def register_to_template(
+    img: nib.spatialimages.SpatialImage, seed: int = 1, brain_mask: nib.spatialimages.SpatialImage | None = None,
+) -> AffineRegistration:
     """Affine (12-parameter) registration of a T1-weighted scan to the MNI152 template (ANTs).
 
     ``antsRegistration`` (Avants et al. 2011) fits :func:`prepare_for_registration`'s copy of the
-    scan: Mattes mutual information (32 bins, :data:`SAMPLING_RATE` of the voxels), gradient
-    step 0.25, pyramid :data:`SHRINK_FACTORS`/:data:`SMOOTHING_SIGMAS`/:data:`ITERATIONS`, the
-    metric restricted to the template brain mask, from the starts :data:`STARTS_WHOLE_HEAD` or
-    :data:`STARTS_SKULL_STRIPPED` (each only when the fits so far correlate below
-    :data:`ACCEPT_CORRELATION`; the best is kept). Works on whole-head and skull-stripped scans of
-    any voxel size.
+    scan: Mattes mutual information (32 bins), gradient step 0.25, pyramid
+    :data:`SHRINK_FACTORS`/:data:`SMOOTHING_SIGMAS`, the metric restricted to the template brain
+    mask. Two cases:
+
+    * with ``brain_mask`` (the standard path: a learned brain extraction came first), the
+      skull-stripped brain is fitted to the skull-stripped template: starts :data:`STARTS_BRAIN`
+      (brain centroid on brain centroid), schedule :data:`BRAIN_ITERATIONS` at
+      :data:`BRAIN_SAMPLING_RATE`;
+    * without, the whole head: starts :data:`STARTS_WHOLE_HEAD` or :data:`STARTS_SKULL_STRIPPED`
+      (head top below the template's brain top), :data:`ITERATIONS` at :data:`SAMPLING_RATE`.
+
+    Each further start is tried only when the fits so far correlate below
+    :data:`ACCEPT_CORRELATION`; the best is kept.
 
     Args:
-        img: 3D T1-weighted scan (any orientation; intensities >= 0), not bias-corrected or
-            bias-corrected: the fit's copy is N4-corrected either way.
+        img: 3D T1-weighted scan (any orientation; intensities >= 0), whole-head or
+            skull-stripped, bias-corrected or not: the fit's copy is N4-corrected either way.
         seed: seed of ANTs' metric sampling, not 0; with one ITK thread (the default, see the
             module docstring) the same scan and seed give the same transform bit for bit.
+        brain_mask: the scan's brain mask on its grid (e.g.
+            :func:`~neurokedro.imaging.brain_extraction.deepbet_mask`), or None.
 
     Returns:
         :class:`AffineRegistration`: the template-to-scan RAS matrix (apply it to the original
-        scan and its label map with :func:`move_to_template`) and the fit's correlation with the
-        template.
+        scan, its mask and its label map with :func:`move_to_template`) and the fit's
+        correlation with the template.
 
     Raises:
         RegistrationError: if ANTs fails or the image has no head (e.g. all zero).
-        ValueError: if the image is not 3D or its affine has a shear, or ``seed`` is 0.
+        ValueError: if the image is not 3D or its affine has a shear, ``seed`` is 0, or the
+            mask is not on the image's grid.
 
-    Its time per scan (a broken scan tries all three starts): docs/results.md, "Registration and
-    N4 timings".
+    Its time per scan: ``python bench/registration_speed.py``.
     """
     if int(seed) == 0:
         raise ValueError("seed 0 makes ANTs seed from the clock (not reproducible); use another integer")
     ants = _ants()
+    if brain_mask is not None:
+        return _register_brain(ants, img, brain_mask, int(seed))
     prepared = prepare_for_registration(img)
     mask = head_mask(prepared)
     moving = to_ants(prepared)
     volume_ml = float(mask.sum()) * float(np.prod(_voxel_sizes(prepared))) / 1000.0
     skull_stripped = volume_ml < SKULL_STRIPPED_MAX_ML
-    best: AffineRegistration | None = None
     starts = STARTS_SKULL_STRIPPED if skull_stripped else STARTS_WHOLE_HEAD
-    for n, (scalp_mm, dilation_mm) in enumerate(starts, start=1):
-        matrix = _fit_affine(ants, moving, initial_translation(prepared, mask, scalp_mm), dilation_mm, seed)
+    fits = ((start, partial(initial_translation, prepared, mask, start[0])) for start in starts)
+    return _best_fit(ants, prepared, moving, fits, int(seed), skull_stripped, ITERATIONS, SAMPLING_RATE)
+
+
+def _register_brain(ants: Any, img: nib.spatialimages.SpatialImage, brain_mask: nib.spatialimages.SpatialImage,
+                    seed: int) -> AffineRegistration:
+    """:func:`register_to_template`'s brain-to-brain case."""
+    if tuple(brain_mask.shape[:3]) != tuple(img.shape[:3]):
+        raise ValueError(f"brain mask {tuple(brain_mask.shape)} is not on the image's grid {tuple(img.shape)}")
+    img = reorient_to_ras(img)
+    mask = reorient_to_ras(nib.Nifti1Image(np.asarray(brain_mask.dataobj, dtype=np.float32), brain_mask.affine))
+    small = _downsample(nib.Nifti1Image(img.get_fdata(dtype=np.float32), img.affine), REGISTRATION_VOXEL_MM)
+    inside = resample_to_grid(mask, small.affine, small.shape, "linear").get_fdata(dtype=np.float32) > 0.5
+    if not inside.any():
+        raise RegistrationError("the brain mask is empty: nothing to register")
+    shrink = max(1, int(round(N4_FIT_SPACING_MM / float(_voxel_sizes(small).min()))))
+    corrected = n4_bias_correction(small, mask=inside, shrink_factor=shrink)
+    prepared = nib.Nifti1Image(corrected.get_fdata(dtype=np.float32) * inside, small.affine)
+    template, template_mask = mni152_template()
+    centre = nib.affines.apply_affine(small.affine, np.argwhere(inside).mean(axis=0))
+    reference = nib.affines.apply_affine(template.affine, np.argwhere(np.asarray(template_mask.dataobj) > 0).mean(axis=0))
+    fits = ((start, lambda: centre - reference) for start in STARTS_BRAIN)
+    return _best_fit(ants, prepared, to_ants(prepared), fits, seed, True, BRAIN_ITERATIONS, BRAIN_SAMPLING_RATE)
+
+
+def _best_fit(ants: Any, prepared: nib.Nifti1Image, moving: Any, fits: Any, seed: int, skull_stripped: bool,
+              iterations: tuple[int, ...], sampling_rate: float) -> AffineRegistration:
+    """Fit from each ``((scalp_mm, dilation_mm), translation())`` in turn until one correlates
+    with the template at least :data:`ACCEPT_CORRELATION`; the best fit."""
+    best: AffineRegistration | None = None
+    n = 0
+    for n, ((scalp_mm, dilation_mm), translation) in enumerate(fits, start=1):
+        matrix = _fit_affine(ants, moving, translation(), dilation_mm, seed, iterations, sampling_rate)
         correlation = template_correlation(move_to_template(prepared, matrix))
-        logger.debug("registration start %d (scalp %.0f mm, mask +%.0f mm): correlation %.3f",
+        logger.debug("registration start %d (scalp %s mm, mask +%.0f mm): correlation %.3f",
                      n, scalp_mm, dilation_mm, correlation)
         if best is None or _score(correlation) > _score(best.correlation):
-            best = AffineRegistration(transform=matrix, correlation=correlation, start=(float(scalp_mm), float(dilation_mm)),
+            start = (float("nan") if scalp_mm is None else float(scalp_mm), float(dilation_mm))
+            best = AffineRegistration(transform=matrix, correlation=correlation, start=start,
                                       n_fits=n, skull_stripped=skull_stripped)
         if correlation >= ACCEPT_CORRELATION:
             break

@@ -25,10 +25,20 @@ from sklearn.model_selection import StratifiedGroupKFold
 from neurokedro import plugins
 from neurokedro.cohorts.base import WHITESPACE_NOTE, CohortAdapter, standardise_columns
 from neurokedro.cohorts.labels import SEX_CODES, LabelError, as_text, is_missing, parse_age, parse_sex
+from neurokedro.imaging.brain_extraction import (
+    BRAIN_COLUMNS,
+    brain_mask_findings,
+    deepbet_version,
+    extract_brain,
+    mask_dice,
+    mask_volume_ml,
+    require_deepbet,
+)
 from neurokedro.imaging.checks import grid_mismatch, image_findings
 from neurokedro.imaging.intensity import intensity_statistics
 from neurokedro.imaging.preprocess import DEFAULTS as PREPROCESSING_DEFAULTS
-from neurokedro.imaging.preprocess import REGISTRATION_DEFAULTS, preprocess_scan, registration_options
+from neurokedro.imaging.preprocess import preprocess_scan, registration_options
+from neurokedro.imaging.spatial import reorient_to_ras
 from neurokedro.imaging.tissue import resample_tissue_classes
 from neurokedro.io.scan_formats import READABLE, scan_format
 from neurokedro.io.volume_store import CACHE_KEY, LazyVolumeStore, PreprocessedVolume, VolumeStore
@@ -341,14 +351,19 @@ class ScanPreprocessor:
         self.params = dict(params)
         self.label_lookups = label_lookups or [None] * len(image_paths)
 
-    def _register(self, image: nib.spatialimages.SpatialImage) -> tuple[np.ndarray | None, dict[str, Any]]:
-        """``(transform, info)`` of a scan: ``(None, {})`` without registration."""
+    def _register(
+        self, image: nib.spatialimages.SpatialImage, brain: nib.spatialimages.SpatialImage | None,
+    ) -> tuple[np.ndarray | None, dict[str, Any]]:
+        """``(transform, info)`` of a scan: ``(None, {})`` without registration. A brain mask
+        from ``deepbet`` or ``label_map`` makes it a brain-to-brain fit."""
         options = registration_options(self.params)
         if options["registration"] == "none":
             return None, {}
         from neurokedro.imaging import registration
 
-        result = registration.register_to_template(image, seed=int(self.params.get("registration_seed", REGISTRATION_SEED)))
+        learned = brain if self.params.get("brain_extraction") in ("deepbet", "label_map") else None
+        result = registration.register_to_template(
+            image, seed=int(self.params.get("registration_seed", REGISTRATION_SEED)), brain_mask=learned)
         info = {"registration_correlation": float(result.correlation),
                 "registration_transform": json.dumps(np.asarray(result.transform, dtype=float).tolist())}
         threshold = options["registration_qc_min_correlation"]
@@ -361,14 +376,20 @@ class ScanPreprocessor:
 
     def __call__(self, i: int) -> PreprocessedVolume:
         image = nib.load(self.image_paths[i])
-        transform, info = self._register(image)
         label_path = self.label_paths[i]
         label = nib.load(label_path) if label_path else None
+        brain, info = None, {}
+        if self.params.get("time_points") is None:  # a series' mask comes from its mean image
+            image = reorient_to_ras(image)
+            label = reorient_to_ras(label) if label is not None else None
+            brain = extract_brain(image, label, str(self.params.get("brain_extraction")))
+            info = _brain_info(brain, label, str(self.params.get("brain_extraction")))
+        transform, registered = self._register(image, brain)
+        info.update(registered)
         lookup = self.label_lookups[i]
-        volume = preprocess_scan(image, label, self.params, keep_label=not lookup, transform=transform)
+        volume = preprocess_scan(image, label, self.params, keep_label=not lookup, transform=transform, brain=brain)
         if label is not None and lookup:
-            # Region codes (e.g. DLMUSE) -> tissue classes on the grid by partial volume; the
-            # brain mask already came from the region codes (or from the template, in MNI space).
+            # Region codes (e.g. DLMUSE) -> tissue classes on the grid by partial volume.
             if transform is not None:
                 from neurokedro.imaging.registration import move_to_template
 
@@ -378,28 +399,43 @@ class ScanPreprocessor:
         return volume
 
 
+def _brain_info(brain: nib.spatialimages.SpatialImage | None, label: nib.spatialimages.SpatialImage | None,
+                method: str) -> dict[str, Any]:
+    """:data:`~neurokedro.imaging.brain_extraction.BRAIN_COLUMNS` of one scan: the mask's volume
+    (mL; not for ``none``, whose mask is every voxel) and its Dice against the label map's
+    ``label > 0`` (when the scan has one and the mask did not come from it)."""
+    if brain is None or method == "none":
+        return {}
+    info: dict[str, Any] = {"brain_volume_ml": round(mask_volume_ml(brain), 3)}
+    if label is not None and method != "label_map":
+        info["brain_mask_dice"] = round(mask_dice(brain, label), 5)
+    return info
+
+
 def preprocessing_compute_params(preprocessing: Mapping[str, Any]) -> dict[str, Any]:
     """The preprocessing parameters that determine a scan's volume: what its cache key hashes
     and what the store's metadata records.
 
-    :data:`~neurokedro.imaging.preprocess.DEFAULTS` always; the raw-scan options
-    (:data:`~neurokedro.imaging.preprocess.REGISTRATION_DEFAULTS`) and ``time_points`` only where
-    they differ from their defaults (None for ``time_points``), so a store written without them
-    keeps its keys (and its cache); with
-    ``registration: affine`` also the QC threshold (it decides which scans are excluded), the
-    registration's seed and
+    :data:`~neurokedro.imaging.preprocess.DEFAULTS` (``brain_extraction`` among them) and the
+    raw-scan options (:data:`~neurokedro.imaging.preprocess.REGISTRATION_DEFAULTS`) always;
+    ``time_points`` when set; with ``brain_extraction: deepbet`` deepbet's version (its networks
+    ship in its wheel); with ``registration: affine`` also the QC threshold (it decides which
+    scans are excluded), the registration's seed and
     :data:`~neurokedro.imaging.registration.REGISTRATION_CODE_VERSION`.
 
     Raises:
-        ValueError: for an unknown ``registration`` or ``bias_correction``, a ``time_points``
-            that is not a positive integer, or ``time_points`` with registration or bias correction.
+        ValueError: for an unknown ``registration``, ``bias_correction`` or
+            ``brain_extraction``, the old key ``mask``, a ``time_points`` that is not a positive
+            integer, or ``time_points`` with registration or bias correction.
+        ImportError: for ``brain_extraction: deepbet`` without deepbet installed.
     """
     p = {**PREPROCESSING_DEFAULTS, **dict(preprocessing)}
     options = registration_options(preprocessing)
     params = {k: p[k] for k in PREPROCESSING_DEFAULTS}
     for key in ("registration", "bias_correction"):
-        if options[key] != REGISTRATION_DEFAULTS[key]:
-            params[key] = options[key]
+        params[key] = options[key]
+    if params["brain_extraction"] == "deepbet":
+        params["deepbet_version"] = deepbet_version()
     if p.get("time_points") is not None:
         params["time_points"] = _time_points(p["time_points"])
         if options["registration"] != "none" or options["bias_correction"] != "none":
@@ -443,6 +479,8 @@ def preprocess_scans(cohort_table: pd.DataFrame, preprocessing: Mapping[str, Any
         from neurokedro.imaging.registration import require_ants
 
         require_ants()  # here, not in every scan's worker: one clear error instead of N failed scans
+    if compute_params["brain_extraction"] == "deepbet":
+        require_deepbet()
     index = cohort_table.reset_index(drop=True).copy()
     index["row"] = np.arange(len(index))
     labels = [None if _is_blank(v) else str(v) for v in index["label_path"]]
@@ -462,12 +500,12 @@ def preprocess_scans(cohort_table: pd.DataFrame, preprocessing: Mapping[str, Any
         meta=meta,
         compute=ScanPreprocessor([str(v) for v in index["image_path"]], labels, compute_params, lookups),
         n_workers=int(p.get("n_workers", 1)),
-        info_columns=REGISTRATION_COLUMNS if compute_params.get("registration", "none") != "none" else (),
+        info_columns=BRAIN_COLUMNS + (REGISTRATION_COLUMNS if compute_params["registration"] != "none" else ()),
     )
 
 
 #: Bump when a change to the preprocessing code changes its output, so cached volumes are recomputed.
-PREPROCESSING_CODE_VERSION = 1
+PREPROCESSING_CODE_VERSION = 2
 
 
 def _file_digest(path: Any, digests: dict[str, str]) -> str:
@@ -663,6 +701,11 @@ def compile_qc_table(label_findings: pd.DataFrame, scan_findings: pd.DataFrame, 
     A scan excluded because its registration to MNI152 failed or fell below
     ``registration_qc_min_correlation`` is listed with check ``registration`` and its correlation
     with the template as the value; other preprocessing failures with check ``preprocessing``.
+    A preprocessed scan whose learned (``deepbet``) brain mask is implausible
+    (:func:`~neurokedro.imaging.brain_extraction.brain_mask_findings`: its volume outside
+    :data:`~neurokedro.imaging.brain_extraction.TIV_RANGE_ML`, or its Dice against the scan's own
+    label map below :data:`~neurokedro.imaging.brain_extraction.MIN_LABEL_DICE`) is listed with
+    check ``brain_volume`` or ``brain_mask_dice`` and kept: a person decides.
 
     Returns:
         DataFrame with columns ``subject_id, session_id, file, check, value, message, action``.
@@ -670,10 +713,23 @@ def compile_qc_table(label_findings: pd.DataFrame, scan_findings: pd.DataFrame, 
     index = volume_store.index
     failed = index.drop(volume_store.preprocessed_index.index)
     preprocess_findings = [_preprocessing_finding(row) for row in failed.to_dict("records")]
+    learned = dict(volume_store.meta.get("preprocessing") or {}).get("brain_extraction") == "deepbet"
+    preprocess_findings += [finding for row in volume_store.preprocessed_index.to_dict("records")
+                            for finding in _brain_mask_findings(row, learned)]
     frames = [f for f in (scan_findings, label_findings, pd.DataFrame(preprocess_findings, columns=QC_COLUMNS)) if not f.empty]
     if not frames:
         return pd.DataFrame(columns=QC_COLUMNS)
     return pd.concat(frames, ignore_index=True)[QC_COLUMNS]
+
+
+def _brain_mask_findings(row: Mapping[str, Any], learned: bool) -> list[dict[str, Any]]:
+    """QC rows of a learned brain mask (a label map's or the template's is the user's own)."""
+    if not learned:
+        return []
+    volume, dice = row.get("brain_volume_ml"), row.get("brain_mask_dice")
+    values = {"brain_volume": volume, "brain_mask_dice": dice}
+    return [_finding(row, row.get("image_path"), check, f"{float(values[check]):.3f}", message, "kept")
+            for check, message in brain_mask_findings(volume, dice)]
 
 
 def _preprocessing_finding(row: Mapping[str, Any]) -> dict[str, Any]:
