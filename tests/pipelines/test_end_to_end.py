@@ -270,3 +270,21 @@ def test_demo_random_search_nests_trials_and_its_best_run_config_trains(kedro_pr
     kedro_project("age_regression", params={**common, "age_regression": {
         **best, "training": {**FAST_TRAINING, **best.get("training", {}), "max_epochs": 1}}})
     assert (root / "data/08_reporting/age_regression/test_metrics.json").is_file()
+
+
+def test_the_default_preprocessing_runs_deepbet_n4_and_mni152_registration(kedro_project):
+    """conf/base's own preprocessing (fast=False), on a few demo heads: every scan brain-extracted
+    by deepbet, registered brain to brain to MNI152, on the one MNI grid, with its brain volume in
+    the index; the registration QC figures are written."""
+    root = kedro_project("data_engineering", params={"cohort": {"demo": {"n_subjects": 6}}, "split": {"n_folds": 2}},
+                         fast=False)
+    meta = json.loads((root / "data/03_primary/volume_store/meta.json").read_text())
+    options = meta["meta"]["preprocessing"]
+    assert (options["brain_extraction"], options["registration"], options["bias_correction"]) == ("deepbet", "affine", "n4")
+    index = pd.read_csv(root / "data/03_primary/volume_store/index.csv")
+    assert index["preprocess_ok"].all() and len(index) == 6
+    assert (index["registration_correlation"] >= 0.4).all()
+    assert index["brain_volume_ml"].between(900, 2200).all() and (index["brain_mask_dice"] > 0.9).all()
+    affines = np.load(root / "data/03_primary/volume_store/affines.npy")
+    assert np.allclose(affines, affines[0])  # one grid in MNI space for every scan
+    assert len(list((root / "data/08_reporting/registration_qc").glob("*.png"))) == 6
