@@ -2,10 +2,16 @@
 registration quality number.
 
 The raw-scan path of preprocessing (``registration: affine``) is: reorient to RAS
-(:func:`~neurokedro.imaging.spatial.reorient_to_ras`) -> N4 bias-field correction
+(:func:`~neurokedro.imaging.spatial.reorient_to_ras`) -> brain extraction
+(:mod:`~neurokedro.imaging.brain_extraction`, deepbet by default) -> N4 bias-field correction
 (:func:`n4_bias_correction`, optional for the output intensities) -> affine registration to the
-MNI152 template (:func:`register_to_template`) -> brain extraction with the template's brain mask
-(on the model grid, by :func:`~neurokedro.imaging.preprocess.preprocess_scan`).
+MNI152 template (:func:`register_to_template`) -> the model grid in MNI space (by
+:func:`~neurokedro.imaging.preprocess.preprocess_scan`).
+
+With a brain mask (deepbet's or the label map's), the skull-stripped brain is fitted to the
+skull-stripped template, started from the brain's centroid: there is no scalp to get stuck on, so
+a shorter schedule is enough (:data:`BRAIN_ITERATIONS`, :data:`BRAIN_SAMPLING_RATE`). Without one
+(``brain_extraction: template`` or ``intensity``) the whole head is fitted, as below.
 
 Template: the ICBM 2009a nonlinear symmetric MNI152 T1 template and its brain mask as shipped in
 nilearn (``load_mni152_template``/``load_mni152_brain_mask``, 2 mm, no download). It is
