@@ -161,3 +161,12 @@ def test_predict_command_stops_with_what_to_do_without_a_model_or_outside_a_proj
     monkeypatch.chdir(tmp_path)
     assert main(["predict", str(scan)]) == 1
     assert "is not a Kedro project: run `neurokedro predict` in the project's folder" in capsys.readouterr().err
+
+
+@pytest.fixture(autouse=True)
+def _intensity_masks_for_new_scans(monkeypatch):
+    """New scans come without label maps: these runs train and predict with the intensity mask
+    (fast, and the same for both, as predict requires)."""
+    from neurokedro import testing
+
+    monkeypatch.setitem(testing.FAST_PREPROCESSING, "brain_extraction", "intensity")
