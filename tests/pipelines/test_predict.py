@@ -107,7 +107,8 @@ def test_predict_new_scans_after_training(kedro_project, capsys):
     # sex and segmentation were never trained here: skipped, saying so, rather than stopping
     capsys.readouterr()
     status = main(["predict", str(converted["as_minc2"]), str(new / "broken_T1w.nii.gz"),
-                   "--model", str(root / "data/06_models/age_regression/model"), "--params", "predict.cohort.folder.site=X"])
+                   "--model", str(root / "data/06_models/age_regression/model"), "--params", "predict.cohort.folder.site=X,preprocessing.brain_extraction=intensity,"
+                   "preprocessing.registration=none,preprocessing.bias_correction=none"])  # the training run's
     printed = capsys.readouterr()
     assert status == 0, printed.err
     assert "sex_classification: not predicted: no trained model" in printed.err
