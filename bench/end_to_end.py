@@ -3,11 +3,14 @@
     python bench/end_to_end.py                                  # every run below
     python bench/end_to_end.py --only ixi-age --only ixi-sex    # some of them
     python bench/end_to_end.py --only ixi-sex --model slice_cnn # another registered model
+    python bench/end_to_end.py --same-copy --only ixi-age --only ixi-sex   # sex reuses age's preprocessing
 
 Runs: ``demo-age`` (the README's command), ``demo-sex``, ``demo-seg``, ``demo-ae``, and the same
 on real IXI data (``ixi-age``, ``ixi-sex``, ``ixi-seg``, ``ixi-ae``: ``--env ixi``).
 Each happens in a fresh copy of the project's configuration under a temporary folder, so the
-project's own data/ and mlflow.db are untouched and no cache from an earlier run is reused.
+project's own data/ and mlflow.db are untouched and no cache from an earlier run is reused
+(``--same-copy``: all of them in one copy, so that later runs reuse the first one's volume store,
+as a researcher's ``kedro run`` of a second task does).
 Prints per run: wall time, cross-validation mean ± sd over folds, the fold ensemble's test
 metrics, and for IXI the DLMUSE-volume baseline on the same split (bench/ixi_volume_baselines.py).
 """
@@ -102,9 +105,13 @@ def cv_line(metric: str, cv: pd.DataFrame, test: dict) -> str:
             f"fold ensemble on test {test[metric]:.3f}")
 
 
-def run_in_copy(name: str, model: str | None, params: list[str], keep: Path | None, rerun: bool = False) -> dict:
+def run_in_copy(name: str, model: str | None, params: list[str], keep: Path | None, rerun: bool = False,
+                work: Path | None = None) -> dict:
+    """One run of :data:`RUNS` in a fresh work copy, or in ``work`` (kept: a later run there
+    reuses its volume store)."""
     pipeline, env = RUNS[name]
-    work = work_copy(name)
+    shared = work is not None
+    work = work or work_copy(name)
     overrides = ([f"{pipeline}.model.name={model}"] if model else []) + params
     wall = kedro_run(work, pipeline, env, overrides)
     row = {"name": name + (f" ({model})" if model else ""), "pipeline": pipeline, "wall_s": wall, **results(work, pipeline)}
@@ -114,7 +121,8 @@ def run_in_copy(name: str, model: str | None, params: list[str], keep: Path | No
         row["baseline"] = baselines(work, ixi_dir())[BASELINE[pipeline]]
     if keep:
         shutil.copytree(work / "data", keep / name, dirs_exist_ok=True)
-    shutil.rmtree(work, ignore_errors=True)
+    if not shared:
+        shutil.rmtree(work, ignore_errors=True)
     return row
 
 
@@ -126,9 +134,15 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="copy each run's data/ folder here")
     parser.add_argument("--rerun", action="store_true", help="run each command a second time in the same copy "
                         "(unchanged inputs, preprocessing cached) and print its wall time too")
+    parser.add_argument("--same-copy", action="store_true", help="run everything in one work copy, in the "
+                        "order given: later runs of the same --env reuse the first one's preprocessed volume store")
     args = parser.parse_args()
-    for name in args.only or list(RUNS):
-        r = run_in_copy(name, args.model, args.params, args.keep, args.rerun)
+    names = args.only or list(RUNS)
+    if args.same_copy and len({RUNS[name][1] for name in names}) > 1:
+        parser.error("--same-copy: every --only run must use the same --env (demo-* or ixi-*)")
+    shared = work_copy("shared") if args.same_copy else None
+    for name in names:
+        r = run_in_copy(name, args.model, args.params, args.keep, args.rerun, shared)
         cv, test = r["cv"], r["test"]
         rerun = f"; rerun {r['rerun_s'] / 60:.1f} min" if "rerun_s" in r else ""
         print(f"== {r['name']}: {r['wall_s']:.0f} s ({r['wall_s'] / 60:.1f} min{rerun}), {len(cv) - 3} folds, "

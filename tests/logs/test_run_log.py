@@ -16,12 +16,15 @@ import pandas as pd
 import pytest
 
 import neurokedro
+from neurokedro.testing import FAST_PREPROCESSING
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PACKAGE_DIR = Path(neurokedro.__file__).resolve().parent
 N_FOLDS, MAX_EPOCHS = 2, 2
 PARAMS = (f"cohort.demo.n_subjects=14,split.n_folds={N_FOLDS},age_regression.training.max_epochs={MAX_EPOCHS},"
-          "age_regression.training.ensemble_size=1")
+          "age_regression.training.ensemble_size=1,"
+          # neurokedro.testing.FAST_PREPROCESSING: the default path (deepbet, N4, MNI152) is tested elsewhere
+          + ",".join(f"preprocessing.{key}={value}" for key, value in FAST_PREPROCESSING.items()))
 
 #: Kedro's own logging configuration (rich_logging.yml), plus a copy of every record in plain text
 #: ("<LEVEL> <logger>: <message>"), so that a record's logger is known exactly; the console is

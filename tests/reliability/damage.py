@@ -17,6 +17,8 @@ import pandas as pd
 import yaml
 from conftest import PROJECT_ROOT
 
+from neurokedro.testing import FAST_PREPROCESSING
+
 T1 = "t1/{}_T1.nii.gz"
 SEG = "dlmuse/{}_T1_DLMUSE.nii.gz"
 LOOKUP = "muse_mapping_derived.csv"
@@ -176,8 +178,18 @@ def labelled_subjects(ixi_dir: Path, n: int) -> pd.DataFrame:
     return usable.sort_values("MRID").head(n).reset_index(drop=True)
 
 
+#: Preprocessing of the damage tests: scanner space with nilearn's intensity mask, so a scan whose
+#: label map is dropped (``label_map_off_grid``) is still preprocessed, and a cohort of twenty scans
+#: takes seconds. The default path (deepbet, N4, MNI152) has tests of its own
+#: (tests/imaging/test_brain_extraction.py, tests/pipelines/test_end_to_end.py).
+RELIABILITY_PREPROCESSING = {**FAST_PREPROCESSING, "brain_extraction": "intensity"}
+
+
 def project_parameters() -> dict:
-    """The ixi environment's data-engineering parameters (base, then ixi on top)."""
+    """The ixi environment's data-engineering parameters (base, then ixi on top), with
+    :data:`RELIABILITY_PREPROCESSING` on top of its preprocessing."""
     base = yaml.safe_load((PROJECT_ROOT / "conf/base/parameters_data_engineering.yml").read_text())
     ixi = yaml.safe_load((PROJECT_ROOT / "conf/ixi/parameters_data_engineering.yml").read_text())
-    return {key: {**(base.get(key) or {}), **(ixi.get(key) or {})} for key in base}
+    params = {key: {**(base.get(key) or {}), **(ixi.get(key) or {})} for key in base}
+    params["preprocessing"] = {**params["preprocessing"], **RELIABILITY_PREPROCESSING}
+    return params

@@ -33,7 +33,16 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import PROJECT_ROOT
-from damage import CASES, LOOKUP, SEG, files_under, labelled_subjects, project_parameters, sha256_of
+from damage import (
+    CASES,
+    LOOKUP,
+    RELIABILITY_PREPROCESSING,
+    SEG,
+    files_under,
+    labelled_subjects,
+    project_parameters,
+    sha256_of,
+)
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -195,6 +204,7 @@ def test_kedro_runs_data_engineering_training_and_predict_on_a_cohort_with_every
     cohort = _cohort_parameters(built.cohort)
     training = {"max_epochs": 1, "progress_bar": False, "batch_size": 4, "checkpoint_dir": None, "ensemble_size": 1}
     params = {"cohort": cohort, "split": {"n_folds": 2}, "age_regression": {"training": training},
+              "preprocessing": RELIABILITY_PREPROCESSING,
               "predict": {"cohort": cohort, "models": {"age_regression": "latest", "sex_classification": None,
                                                       "tissue_segmentation": None}}}
     environment = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1", "MPLBACKEND": "Agg"}
