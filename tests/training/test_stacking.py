@@ -119,3 +119,29 @@ def test_fit_stacking_needs_two_folds_with_features():
     features = np.ones((6, 4))
     with pytest.raises(ValueError, match=">= 2 folds"):
         fit_stacking(np.arange(6.0), features, np.arange(6.0), np.zeros(6, int), np.zeros(6, bool))
+
+
+def test_a_tiny_meta_training_set_gets_a_convex_combination_that_stays_between_both_predictions():
+    """Five nearly constant out-of-fold network predictions (a 14-subject demo with 2 folds): the
+    free fit would be free to extrapolate far outside both predictions; the convex one may not."""
+    rng = np.random.default_rng(3)
+    n_train, n_test = 10, 4
+    target = rng.uniform(20, 80, n_train + n_test)
+    network = 50.0 + rng.normal(0, 0.01, n_train + n_test)  # a network that learnt the mean only
+    volumes = target[:, None] * np.array([0.001, -0.002, 0.001, 0.0]) + np.array([0.2, 0.5, 0.3, 1400.0])
+    features = volumes + rng.normal(0, 1e-4, volumes.shape)
+    is_test = np.arange(n_train + n_test) >= n_train
+    folds = np.where(is_test, -1, np.arange(n_train + n_test) % 2)
+    stacked, ridge, _, model = fit_stacking(network, features, target, folds, is_test)
+    for meta in [model["meta"], *(part["meta"] for part in model["folds"].values())]:
+        assert meta["form"] == "convex" and meta["intercept"] == 0.0
+        assert 0.0 <= meta["w_network"] <= 1.0 and meta["w_network"] + meta["w_tissue_volumes"] == pytest.approx(1.0)
+    low, high = np.minimum(network, ridge), np.maximum(network, ridge)
+    assert np.all((stacked >= low - 1e-9) & (stacked <= high + 1e-9))
+
+
+def test_enough_meta_training_pairs_fit_the_free_non_negative_weights():
+    store, table, folds = _cohort()  # 48 training scans: 36 pairs per fold fit
+    _, _, model = stack_with_tissue_volumes(table, folds, store, {"enabled": True}, "age_regression")
+    assert model["meta"]["form"] == "positive"
+    assert {part["meta"]["form"] for part in model["folds"].values()} == {"positive"}

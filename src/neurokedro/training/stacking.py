@@ -15,6 +15,10 @@ inform the weights:
 
     stacked = intercept + w_network * network + w_volumes * tissue_volume_model
 
+With fewer than :data:`MIN_FREE_META_SCANS` out-of-fold pairs the weights are constrained to a
+convex combination (``w_network + w_volumes = 1``, both >= 0, no intercept; Breiman 1996), so a
+tiny cohort cannot extrapolate the stack far outside both predictions.
+
 Both fitted models are kept as plain numbers (:func:`fit_stacking`'s ``model``), so the predict
 pipeline applies exactly the same arithmetic to new scans (:func:`apply_stacking`).
 """
@@ -39,6 +43,12 @@ REFERENCE = ("Wolpert 1992, Neural Networks 5:241; Breiman 1996, Machine Learnin
 
 #: Feature names of :func:`volume_features`, in column order.
 FEATURES = ("CSF_fraction", "GM_fraction", "WM_fraction", "intracranial_volume_ml")
+
+#: Fewer out-of-fold pairs than this fit the convex meta-model (weights in [0, 1] that sum to 1,
+#: no intercept) instead of the free non-negative one with an intercept: on a handful of nearly
+#: constant predictions the free fit's slope and intercept are unidentified and can explode (a
+#: weight of ~100 with an intercept of ~-7,600 y was seen on a 14-subject cohort).
+MIN_FREE_META_SCANS = 20
 
 #: Ridge penalties tried by ``RidgeCV`` (efficient leave-one-out on the training scans).
 DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-3, 3, 13))
@@ -105,8 +115,22 @@ def _ridge_predict(ridge: Mapping[str, Any], x: np.ndarray) -> np.ndarray:
 
 
 def _fit_meta(network: np.ndarray, volumes: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """The meta-model's weights: :func:`fit_stacking` explains the two forms."""
+    if len(y) < MIN_FREE_META_SCANS:
+        return _fit_convex_meta(network, volumes, y)
     meta = LinearRegression(positive=True).fit(np.column_stack([network, volumes]), y)
-    return {"w_network": float(meta.coef_[0]), "w_tissue_volumes": float(meta.coef_[1]), "intercept": float(meta.intercept_)}
+    return {"w_network": float(meta.coef_[0]), "w_tissue_volumes": float(meta.coef_[1]), "intercept": float(meta.intercept_),
+            "form": "positive"}
+
+
+def _fit_convex_meta(network: np.ndarray, volumes: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """Least-squares ``w`` in [0, 1] of ``y ~ w * network + (1 - w) * volumes``, no intercept
+    (Breiman 1996's constraint: a weighted mean of the two predictions)."""
+    network, volumes, y = (np.asarray(a, float) for a in (network, volumes, y))
+    difference = network - volumes
+    spread = float(difference @ difference)
+    w = 0.5 if spread == 0.0 else float(np.clip(difference @ (y - volumes) / spread, 0.0, 1.0))
+    return {"w_network": w, "w_tissue_volumes": 1.0 - w, "intercept": 0.0, "form": "convex"}
 
 
 def _meta_predict(meta: Mapping[str, Any], network: np.ndarray, volumes: np.ndarray) -> np.ndarray:
@@ -129,6 +153,8 @@ def fit_stacking(
     stacked prediction uses weights fitted on the other folds' out-of-fold pairs (cross-fitted,
     so the cross-validated metrics of the stacked prediction are not in-sample). Test scans get
     the ridge fitted on every training scan and the weights fitted on every out-of-fold pair.
+    A weight fit on fewer than :data:`MIN_FREE_META_SCANS` pairs is a convex combination
+    (``meta["form"] == "convex"``), else non-negative with an intercept (``"positive"``).
 
     Args:
         network: (N,) the network's predictions in the target's unit: out-of-fold for training
@@ -176,7 +202,8 @@ def fit_stacking(
     model = {"features": list(FEATURES), "ridge": _fit_ridge(features[train], target[train], alphas),
              "meta": _fit_meta(network[train], volume_prediction[train], target[train]),
              "folds": {str(k): v for k, v in per_fold.items()}, "n_train": int(train.sum()),
-             "method": "RidgeCV on tissue volumes; LinearRegression(positive=True) on out-of-fold predictions",
+             "method": ("RidgeCV on tissue volumes; LinearRegression(positive=True) on out-of-fold predictions "
+                        f"(a convex combination below {MIN_FREE_META_SCANS} of them)"),
              "reference": REFERENCE}
     test = is_test & usable
     volume_prediction[test] = _ridge_predict(model["ridge"], features[test])
