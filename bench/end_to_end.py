@@ -4,6 +4,7 @@
     python bench/end_to_end.py --only ixi-age --only ixi-sex    # some of them
     python bench/end_to_end.py --only ixi-sex --model slice_cnn # another registered model
     python bench/end_to_end.py --same-copy --only ixi-age --only ixi-sex   # sex reuses age's preprocessing
+    python bench/end_to_end.py --only ixi-age --rerun ixi-age   # and again on unchanged inputs
 
 Runs: ``demo-age`` (the README's command), ``demo-sex``, ``demo-seg``, ``demo-ae``, and the same
 on real IXI data (``ixi-age``, ``ixi-sex``, ``ixi-seg``, ``ixi-ae``: ``--env ixi``).
@@ -132,8 +133,9 @@ def main() -> None:
     parser.add_argument("--model", help="registered model to use instead of the configured one")
     parser.add_argument("--params", action="append", default=[], help="extra kedro --params item (key=value)")
     parser.add_argument("--keep", type=Path, help="copy each run's data/ folder here")
-    parser.add_argument("--rerun", action="store_true", help="run each command a second time in the same copy "
-                        "(unchanged inputs, preprocessing cached) and print its wall time too")
+    parser.add_argument("--rerun", choices=sorted(RUNS), action="append", default=[],
+                        help="run this one a second time in the same copy (unchanged inputs, preprocessing cached) "
+                        "and print its wall time too")
     parser.add_argument("--same-copy", action="store_true", help="run everything in one work copy, in the "
                         "order given: later runs of the same --env reuse the first one's preprocessed volume store")
     args = parser.parse_args()
@@ -142,7 +144,7 @@ def main() -> None:
         parser.error("--same-copy: every --only run must use the same --env (demo-* or ixi-*)")
     shared = work_copy("shared") if args.same_copy else None
     for name in names:
-        r = run_in_copy(name, args.model, args.params, args.keep, args.rerun, shared)
+        r = run_in_copy(name, args.model, args.params, args.keep, name in args.rerun, shared)
         cv, test = r["cv"], r["test"]
         rerun = f"; rerun {r['rerun_s'] / 60:.1f} min" if "rerun_s" in r else ""
         print(f"== {r['name']}: {r['wall_s']:.0f} s ({r['wall_s'] / 60:.1f} min{rerun}), {len(cv) - 3} folds, "

@@ -145,3 +145,39 @@ def test_enough_meta_training_pairs_fit_the_free_non_negative_weights():
     _, _, model = stack_with_tissue_volumes(table, folds, store, {"enabled": True}, "age_regression")
     assert model["meta"]["form"] == "positive"
     assert {part["meta"]["form"] for part in model["folds"].values()} == {"positive"}
+
+
+def test_predict_stacks_a_scan_without_a_label_map_with_the_segmentation_models_volumes():
+    store, table, folds = _cohort(n=20, unlabelled=(5, 7))
+    _, _, model = stack_with_tissue_volumes(table, folds, store, {"enabled": True}, "age_regression")
+
+    class Constant(__import__("torch").nn.Module):
+        def forward(self, x):
+            return x.new_full((x.shape[0], 1), 50.0)
+
+    # the segmentation model's volumes of scan 5 (scan 7 failed there: no volumes), and of a
+    # labelled scan, whose label map must win
+    segmented = pd.DataFrame({"row": [5, 0], "volume_ml_CSF": [1.1, 9.0], "volume_ml_GM": [1.3, 9.0],
+                              "volume_ml_WM": [1.2, 9.0]})
+    params = {"models": {"age_regression": "latest"}, "test_time_flip": False}
+    out = predict_task(Constant(), store, params, "age_regression", stacking=model, tissue_volumes=segmented)
+    source = out.set_index("row")["tissue_volume_source"]
+    assert source[5] == "segmentation_model" and source[7] == "none" and source[0] == "label_map"
+    assert (source.drop([5, 7]) == "label_map").all()
+    stacked = out.set_index("row")["predicted_age_stacked"]
+    assert stacked[5] and not stacked[7] and stacked.sum() == 19
+    volumes = tissue_volumes_ml(store, range(20))
+    volumes.loc[5, ["volume_ml_CSF", "volume_ml_GM", "volume_ml_WM"]] = [1.1, 1.3, 1.2]
+    expected, _ = apply_stacking(model, np.full(20, 50.0), volume_features(volumes))
+    np.testing.assert_allclose(out["predicted_age"], expected, rtol=1e-6)
+    assert out.set_index("row").loc[7, "predicted_age"] == 50.0
+    without = predict_task(Constant(), store, params, "age_regression", stacking=model)
+    assert (without["tissue_volume_source"] == "label_map").sum() == 18
+    np.testing.assert_allclose(without.set_index("row").loc[5, "predicted_age"], 50.0)
+
+
+def test_the_predict_pipeline_feeds_the_segmentation_predictions_to_the_stacked_task():
+    from neurokedro.pipelines.predict.pipeline import create_pipeline
+
+    node = next(n for n in create_pipeline().nodes if n.name == "predict.predict_age_regression")
+    assert "predict.tissue_segmentation_predictions" in node.inputs

@@ -91,6 +91,35 @@ def tissue_volumes_ml(volume_store: VolumeStore, rows: Sequence[int]) -> pd.Data
     return pd.DataFrame({"row": rows, **{f"volume_ml_{name}": volumes[:, j] for j, name in enumerate(names)}})
 
 
+def stacking_volumes(volume_store: VolumeStore, rows: np.ndarray,
+                     predicted: pd.DataFrame | None) -> tuple[pd.DataFrame, np.ndarray]:
+    """Each scan's CSF, GM and WM volumes for stacking: from its tissue label map, else from a
+    segmentation model's prediction.
+
+    Args:
+        volume_store: the new scans' store (label maps where the cohort brought them).
+        rows: (N,) store rows.
+        predicted: a segmentation task's
+            :func:`~neurokedro.pipelines.predict.nodes.predict_task` table (``row``,
+            ``volume_ml_CSF/GM/WM``), or None / an empty table.
+
+    Returns:
+        ``(volumes, source)``: :func:`tissue_volumes_ml`'s table
+        (NaN where neither exists) and an (N,) object array ``label_map``,
+        ``segmentation_model`` or ``none``.
+    """
+    volumes = tissue_volumes_ml(volume_store, rows)
+    names = [c for c in volumes.columns if c != "row"]
+    from_labels = volumes[names].notna().all(axis=1).to_numpy()
+    source = np.where(from_labels, "label_map", "none").astype(object)
+    if predicted is not None and set(names) <= set(predicted.columns):
+        model = predicted.drop_duplicates("row").set_index("row").reindex(np.asarray(rows, int))[names]
+        fill = ~from_labels & model.notna().all(axis=1).to_numpy()
+        volumes.loc[fill, names] = model.to_numpy(float)[fill]
+        source[fill] = "segmentation_model"
+    return volumes, source
+
+
 def volume_features(volumes: pd.DataFrame) -> np.ndarray:
     """The ridge model's (N, 4) float64 features: CSF, GM and WM fractions of their sum (the
     intracranial volume), and that sum in mL (:data:`FEATURES`). NaN rows stay NaN.

@@ -24,7 +24,7 @@ from neurokedro.imaging.tissue import TISSUE_CLASSES
 from neurokedro.io.volume_store import VolumeStore
 from neurokedro.tasks.base import get_task
 from neurokedro.training.fit import predict
-from neurokedro.training.stacking import apply_stacking, stacking_columns, tissue_volumes_ml, volume_features
+from neurokedro.training.stacking import apply_stacking, stacking_columns, stacking_volumes, volume_features
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +79,7 @@ def predict_task(
     task_name: str,
     bias_correction: Mapping[str, Any] | None = None,
     stacking: Mapping[str, Any] | None = None,
+    tissue_volumes: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """One task's predictions for every preprocessed new scan.
 
@@ -93,8 +94,12 @@ def predict_task(
         stacking: the training run's stacking model (``<task>.stacking``, from
             :func:`neurokedro.pipelines.modelling.nodes.stack_with_tissue_volumes`); when it is
             enabled and ``models.<task>`` is ``latest`` (the network the weights were fitted
-            with), scans with tissue label maps get the stacked prediction, the others the
+            with), scans with tissue volumes get the stacked prediction, the others the
             network's (``<column>_stacked`` says which), as in training.
+        tissue_volumes: a segmentation task's predictions of the same scans (``row``,
+            ``volume_ml_CSF/GM/WM``), or None. A scan without a tissue label map takes its
+            tissue volumes for stacking from here; ``tissue_volume_source`` says where each
+            scan's came from (``label_map``, ``segmentation_model`` or ``none``).
 
     Returns:
         One row per store row (``row`` plus the task's columns): brain age ``predicted_age``
@@ -127,7 +132,7 @@ def predict_task(
         y, stacked_columns = np.concatenate(outputs), {}
         if (stacking or {}).get("enabled") and task.stacked_prediction:
             if str(choice) == "latest":
-                y, stacked_columns = _stacked(y, stacking, volume_store, rows, task_name)
+                y, stacked_columns = _stacked(y, stacking, volume_store, rows, task_name, tissue_volumes)
             else:  # the project's stacking weights belong to its own latest network, not to this one
                 logger.warning("predict %s: not stacked with tissue volumes: the model is %s, not this project's "
                                "latest, whose stacking weights these are", task_name, choice)
@@ -146,17 +151,20 @@ def predict_task(
 
 
 def _stacked(network: np.ndarray, stacking: Mapping[str, Any], volume_store: VolumeStore, rows: np.ndarray,
-             task_name: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+             task_name: str, predicted_volumes: pd.DataFrame | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The stacked predictions of the new scans and the columns that show their parts."""
     column = get_task(task_name).stacked_prediction
     network = np.asarray(network, float).ravel()
-    stacked, volumes = apply_stacking(stacking, network, volume_features(tissue_volumes_ml(volume_store, rows)))
-    ok = np.isfinite(volumes)
+    volumes, source = stacking_volumes(volume_store, rows, predicted_volumes)
+    stacked, ridge = apply_stacking(stacking, network, volume_features(volumes))
+    ok = np.isfinite(ridge)
     if not ok.all():
-        logger.warning("predict %s: %d of %d scan(s) have no tissue label map, so their %s is the network's alone "
-                       "(%s_stacked = False); give the new cohort label maps for the stacked prediction",
-                       task_name, int((~ok).sum()), len(ok), column, column)
-    return stacked, dict(zip(stacking_columns(column), (network, volumes, ok), strict=True))
+        logger.warning("predict %s: %d of %d scan(s) have neither a tissue label map nor predicted tissue volumes, so "
+                       "their %s is the network's alone (%s_stacked = False); give the new cohort label maps, or "
+                       "predict.models a segmentation model trained here", task_name, int((~ok).sum()), len(ok),
+                       column, column)
+    return stacked, {**dict(zip(stacking_columns(column), (network, ridge, ok), strict=True)),
+                     "tissue_volume_source": source}
 
 
 def _volumes(probabilities: np.ndarray, affines: np.ndarray) -> pd.DataFrame:

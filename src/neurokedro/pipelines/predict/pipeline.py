@@ -38,6 +38,10 @@ def create_pipeline(**kwargs) -> Pipeline:
             inputs["bias_correction"] = f"{task_name}.bias_correction"
         if get_task(task_name).stacked_prediction:
             inputs["stacking"] = f"{task_name}.stacking"
+            # scans without a tissue label map are stacked with the segmentation model's volumes
+            segmentation = [t for t in tasks if get_task(t).kind == "segmentation"]
+            if segmentation:
+                inputs["tissue_volumes"] = f"{segmentation[0]}_predictions"
         predict_nodes.append(node(bind_task(nodes.predict_task, task_name), inputs, f"{task_name}_predictions",
                                   name=f"predict_{task_name}"))
     template = preparation_pipeline() + pipeline(predict_nodes + [
