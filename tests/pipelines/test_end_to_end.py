@@ -115,11 +115,12 @@ def _assert_bias_corrected(root, predictions):
     assert report.count("data:image/png;base64,") >= 6 and "corrected_mean_error" in report
 
 
-def test_demo_cohort_age_regression_runs_end_to_end(kedro_project):
+@pytest.mark.parametrize("loss", ["mse", "kl_soft_bins"])
+def test_demo_cohort_age_regression_runs_end_to_end(kedro_project, loss):
     root = kedro_project(
         "age_regression",
         params={"cohort": {"demo": {"n_subjects": 14}}, "split": {"n_folds": 3},
-                "age_regression": {"training": FAST_TRAINING}},
+                "age_regression": {"training": {**FAST_TRAINING, "loss": {"name": loss}}}},
     )
     metrics, model = _assert_complete_age_run(root, n_folds=3)
     cohort = pd.read_csv(root / "data/01_raw/cohort_table.csv")

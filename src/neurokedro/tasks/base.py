@@ -76,6 +76,10 @@ class Task:
             a task shipped in a package that cannot add files to the project's ``conf/``.
             :class:`neurokedro.config.TaskDefaultsConfigLoader` merges them beneath the
             project's parameters: ``conf/`` and ``--params`` override them key by key.
+        loss_out_size: ``training.loss`` parameters -> the network's number of outputs, for a
+            loss that sets it (brain age's ``kl_soft_bins``: one logit per age bin); such a loss
+            has a ``readout`` buffer (K,) that the output head averages the softmax over. None:
+            always :attr:`out_size`.
     """
 
     name: str
@@ -99,6 +103,13 @@ class Task:
     own_cohort: bool = False
     stacked_prediction: str | None = None
     default_parameters: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    loss_out_size: Callable[[Mapping[str, Any]], int] | None = None
+
+    def network_out_size(self, loss_params: Mapping[str, Any] | None) -> int:
+        """Outputs of the task's network under ``training.loss``: :attr:`out_size`, unless the
+        loss sets its own (:attr:`loss_out_size`: e.g. one logit per age bin for brain age's
+        ``kl_soft_bins``)."""
+        return self.out_size if self.loss_out_size is None else int(self.loss_out_size(dict(loss_params or {})))
 
     @property
     def voxelwise(self) -> bool:
@@ -123,6 +134,15 @@ class Task:
         spec = dict(model_params or {})
         spec.setdefault("name", self.default_model)
         return spec
+
+
+def target_scaling(targets: np.ndarray) -> tuple[float, float]:
+    """``(mean, sd)`` that standardise a regression target, ``(y - mean) / sd``: the training
+    targets' mean and population sd (1.0 where the sd is 0 or there are no targets)."""
+    targets = np.asarray(targets, dtype=np.float64).ravel()
+    if targets.size == 0:
+        return 0.0, 1.0
+    return float(targets.mean()), float(targets.std() or 1.0)
 
 
 def get_task(name: str) -> Task:

@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from neurokedro.io.volume_store import read_row
-from neurokedro.tasks.base import Task
+from neurokedro.tasks.base import Task, target_scaling
 from neurokedro.training.callbacks import (
     AtomicCheckpointIO,
     EpochSeed,
@@ -263,9 +263,7 @@ def fit(
     seed = seed_everything(params)
     train_targets = np.asarray(train_targets, dtype=np.float32)
     val_targets = np.asarray(val_targets, dtype=np.float32)
-    mean, sd = 0.0, 1.0
-    if task.standardise_target:
-        mean, sd = float(train_targets.mean()), float(train_targets.std() or 1.0)
+    mean, sd = target_scaling(train_targets) if task.standardise_target else (0.0, 1.0)
 
     def scaled(y: np.ndarray) -> np.ndarray:
         return ((y - mean) / sd).astype(np.float32)

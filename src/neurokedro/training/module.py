@@ -48,18 +48,29 @@ class TargetScaler(OutputHead):
     A regression network is trained on a standardised target ``(y - mean) / sd``; with this
     wrapper the saved model predicts, e.g., years.
 
+    With a ``readout`` (a soft-label loss's standardised bin centres, e.g. brain age's
+    ``kl_soft_bins``), the network's K outputs are logits over bins and the standardised
+    prediction is their expectation, ``softmax(out) @ readout`` (Peng et al. 2021), before the
+    same scaling.
+
     Args:
-        net: network mapping ``(B, C, D, H, W)`` to ``(B, 1)`` (or ``(B, S, 1)``) standardised outputs.
+        net: network mapping ``(B, C, D, H, W)`` to ``(B, 1)`` (or ``(B, S, 1)``) standardised
+            outputs, or to ``(B, K)`` (``(B, S, K)``) bin logits with a ``readout``.
         mean: training-set mean of the target.
         sd: training-set standard deviation of the target (> 0).
+        readout: (K,) standardised bin centres, or None.
     """
 
-    def __init__(self, net: nn.Module, mean: float = 0.0, sd: float = 1.0) -> None:
+    def __init__(self, net: nn.Module, mean: float = 0.0, sd: float = 1.0, readout: torch.Tensor | None = None) -> None:
         super().__init__(net)
         self.register_buffer("mean", torch.tensor(float(mean)))
         self.register_buffer("sd", torch.tensor(float(sd)))
+        self.register_buffer("readout", None if readout is None else torch.as_tensor(readout, dtype=torch.float32).clone())
 
     def transform(self, out: torch.Tensor) -> torch.Tensor:
+        readout = getattr(self, "readout", None)  # models saved before readout existed have none
+        if readout is not None:
+            out = (torch.softmax(out.float(), dim=-1) * readout).sum(dim=-1, keepdim=True)
         return out * self.sd + self.mean
 
 
@@ -78,16 +89,18 @@ class ClassProbabilityMaps(OutputHead):
         return torch.softmax(out, dim=1)
 
 
-def output_head(task: Task, net: nn.Module, target_mean: float = 0.0, target_sd: float = 1.0) -> OutputHead:
+def output_head(task: Task, net: nn.Module, target_mean: float = 0.0, target_sd: float = 1.0,
+                readout: torch.Tensor | None = None) -> OutputHead:
     """The :class:`OutputHead` for ``task``: probabilities for classification, class
-    probability maps for segmentation, the target's unit for standardised regression, the raw
-    outputs otherwise (e.g. a reconstruction)."""
+    probability maps for segmentation, the target's unit for standardised regression (through
+    the loss's bin ``readout``, when it has one), the raw outputs otherwise (e.g. a
+    reconstruction)."""
     if task.kind == "segmentation":
         return ClassProbabilityMaps(net)
     if task.kind == "classification":
         return ProbabilityOutput(net)
     if task.standardise_target:
-        return TargetScaler(net, target_mean, target_sd)
+        return TargetScaler(net, target_mean, target_sd, readout)
     return OutputHead(net)
 
 
@@ -179,13 +192,13 @@ class TaskModule(L.LightningModule):
         self.channels_last = bool(channels_last) and not any(p.dim() == 4 for p in net.parameters())
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last_3d)
-        self.model = output_head(task, net, target_mean, target_sd)
+        self.loss_fn = task.make_loss(train_targets, **dict(loss_params or {}))
+        self.model = output_head(task, net, target_mean, target_sd, getattr(self.loss_fn, "readout", None))
         self.task = task
         self.optimiser_params = dict(optimiser)
         self.max_epochs = int(max_epochs)
         self.target_mean = float(target_mean)
         self.target_sd = float(target_sd)
-        self.loss_fn = task.make_loss(train_targets, **dict(loss_params or {}))
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     @property

@@ -142,7 +142,7 @@ def cross_validate(
                 if training.get("checkpoint_dir"):
                     params["checkpoint_dir"] = f"{training['checkpoint_dir']}/fold_{fold}" + (f"/member_{member}" if size > 1 else "")
                 seed_everything(params)  # before building: initial weights are part of the run's seed
-                net = build_model(spec, volume_store.images.shape[1:], task.out_size)
+                net = build_model(spec, volume_store.images.shape[1:], task.network_out_size(training.get("loss")))
                 if pretrained is not None:
                     transfer_encoder(net, pretrained, fold)
                 prefix = (f"member_{member}." if size > 1 else "") if run_id else f"fold_{fold}."
