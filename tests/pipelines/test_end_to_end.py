@@ -1,6 +1,7 @@
 """End-to-end ``kedro run`` tests: the synthetic demo cohort, a plugin model, and real IXI MRI."""
 
 import json
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -14,10 +15,11 @@ FAST_TRAINING = {"max_epochs": 2, "progress_bar": False, "batch_size": 4, "check
                  "ensemble_size": 1}
 
 
-def _assert_tracked(root, task, n_folds, headline, expected):
+def _assert_tracked(root, task, n_folds, headline, expected, tracking_uri=None):
     """One parent run named after the pipeline, holding the aggregates, with one child per fold
-    holding that fold's params, epoch curve, metrics and model."""
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    holding that fold's params, epoch curve, metrics and model (in the project's mlflow.db, or
+    at ``tracking_uri``, which must then be mlflow's current tracking URI too)."""
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri or f"sqlite:///{root / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(task)
     assert experiment is not None
     runs = [r for r in client.search_runs([experiment.experiment_id]) if r.info.status != "FAILED"]
@@ -289,3 +291,73 @@ def test_the_default_preprocessing_runs_deepbet_n4_and_mni152_registration(kedro
     affines = np.load(root / "data/03_primary/volume_store/affines.npy")
     assert np.allclose(affines, affines[0])  # one grid in MNI space for every scan
     assert len(list((root / "data/08_reporting/registration_qc").glob("*.png"))) == 6
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """``mlflow server`` on 127.0.0.1 with a SQLite backend and its own artifact root (artifacts
+    proxied through the server, as a lab sets it up); yields ``(uri, artifact_root)`` and stops
+    the server's whole process group by PID."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    artifacts = tmp_path / "server_artifacts"
+    log = (tmp_path / "mlflow_server.log").open("w")
+    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+               "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(artifacts)]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no background job workers in a test
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mlflow server did not start:\n{(tmp_path / 'mlflow_server.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield uri, artifacts
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=20)
+        log.close()
+
+
+@pytest.mark.timeout(600)
+def test_a_demo_run_tracks_to_a_real_mlflow_server(kedro_project, mlflow_server):
+    """``server.mlflow_tracking_uri`` in conf/local/mlflow.yml pointing at an ``mlflow server``:
+    the parent and fold runs, metrics, the models and the report land on the server, whose
+    artifact root holds the files; nothing goes to a local mlflow.db."""
+    uri, artifacts = mlflow_server
+    base = yaml.safe_load((Path.cwd() / "conf/base/mlflow.yml").read_text())
+    (Path.cwd() / "conf/local/mlflow.yml").write_text(yaml.safe_dump(
+        {"server": {**base["server"], "mlflow_tracking_uri": uri, "mlflow_registry_uri": uri}}))
+    root = kedro_project("age_regression", params={"cohort": {"demo": {"n_subjects": 14}}, "split": {"n_folds": 2},
+                                                   "age_regression": {"training": FAST_TRAINING}})
+    metrics = json.loads((root / "data/08_reporting/age_regression/test_metrics.json").read_text())
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        model = _assert_tracked(root, "age_regression", 2, "mae", metrics["mae"], tracking_uri=uri)
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert len(model.members) == 2
+    assert not (root / "mlflow.db").exists()  # the server was used, not the local fallback
+    stored = {path.name for path in artifacts.rglob("*") if path.is_file()}
+    assert {"report.html", "cv_metrics.csv"} <= stored and any(name.endswith(".pth") or name == "MLmodel" for name in stored)
