@@ -273,12 +273,16 @@ def test_registration_none_ignores_the_registration_threshold(tmp_path):
     assert plot_registration_qc(default, base) == {}  # no figures without registration
 
 
-def test_unknown_registration_options_are_refused(tmp_path):
+def test_unknown_and_misspelt_preprocessing_options_are_refused(tmp_path):
     table, _ = encode_labels(_cohort(tmp_path, 1), LABELS)
     with pytest.raises(ValueError, match="unknown registration 'rigid'"):
         preprocess_scans(table, {**FAST_PREPROCESSING, "registration": "rigid"})
     with pytest.raises(ValueError, match="unknown bias_correction"):
         preprocess_scans(table, {**FAST_PREPROCESSING, "bias_correction": "n3"})
+    with pytest.raises(ValueError, match="unknown preprocessing option 'voxel_size'; did you mean 'voxel_size_mm'"):
+        preprocess_scans(table, {**FAST_PREPROCESSING, "voxel_size": 2.0})
+    with pytest.raises(ValueError, match="anti_aliasing must be true or false"):
+        preprocess_scans(table, {**FAST_PREPROCESSING, "anti_aliasing": "yes"})
 
 
 def test_a_scan_failing_registration_qc_is_a_finding_and_the_rest_goes_on(tmp_path, monkeypatch):
@@ -423,6 +427,7 @@ def test_registration_options_are_part_of_each_scans_cache_key(tmp_path, monkeyp
 
     keys = {name: preprocess_scans(passed, params).index["cache_key"] for name, params in {
         "plain": plain, "affine": registered, "n4": {**plain, "bias_correction": "n4"},
+        "no_anti_aliasing": {**plain, "anti_aliasing": False},
         "threshold": {**registered, "registration_qc_min_correlation": 0.5},
         "seed": {**registered, "registration_seed": 2}}.items()}
     for name, key in keys.items():  # every option that changes a volume changes every scan's key
@@ -515,9 +520,11 @@ def test_antspy_registers_a_moved_template_and_flags_a_noise_volume(tmp_path):
 
 
 def resample_like(image, affine, shape=(16, 16, 16)):
-    from neurokedro.imaging.spatial import resample_to_grid
+    """``image`` on the grid as preprocessing puts a scan there (prefiltered to its voxel size)."""
+    from neurokedro.imaging.spatial import anti_alias, resample_to_grid
 
-    return resample_to_grid(image, affine, shape, "linear").get_fdata(dtype=np.float32)
+    voxel = float(nib.affines.voxel_sizes(np.asarray(affine)).min())
+    return resample_to_grid(anti_alias(image, voxel), affine, shape, "linear").get_fdata(dtype=np.float32)
 
 
 def _series_cohort(tmp_path, volumes=(6, 6, 6, 3)):

@@ -25,7 +25,7 @@ from nilearn.image import mean_img
 from neurokedro.imaging.brain_extraction import BRAIN_EXTRACTION_METHODS, extract_brain
 from neurokedro.imaging.checks import grids_match
 from neurokedro.imaging.intensity import normalise_intensity
-from neurokedro.imaging.spatial import crop_grid, reorient_to_ras, resample_to_grid
+from neurokedro.imaging.spatial import anti_alias, crop_grid, reorient_to_ras, resample_to_grid
 from neurokedro.io.volume_store import PreprocessedVolume
 
 DEFAULTS: dict[str, Any] = {
@@ -34,6 +34,7 @@ DEFAULTS: dict[str, Any] = {
     "voxel_size_mm": 3.0,
     "margin_mm": 4.0,
     "interpolation": "linear",
+    "anti_aliasing": True,  # Gaussian prefilter to the grid's voxel size before resampling
     "normalisation": "zscore",
     "clip": 5.0,
 }
@@ -103,7 +104,10 @@ def preprocess_scan(
     MNI space (:func:`~neurokedro.imaging.registration.move_to_template`: a new affine, no
     resampling), and ``brain_extraction: template`` takes the MNI152 brain mask. Then a RAS grid
     of ``grid_shape`` isotropic voxels of ``voxel_size_mm`` centred on the brain mask (in MNI
-    space on the template's, so the same grid for every scan); resampling onto it with nilearn
+    space on the template's, so the same grid for every scan); with ``anti_aliasing`` (default)
+    the image is first low-pass filtered to the grid's voxel size
+    (:func:`~neurokedro.imaging.spatial.anti_alias`), so a 1 mm scan from another site and a
+    2 mm training scan reach the grid at the same resolution; resampling onto it with nilearn
     (linear for the image, nearest neighbour for the mask and label map, so label codes stay
     exact): the only interpolation of the raw voxels; normalisation inside the brain mask, 0
     outside (the brain extraction).
@@ -118,7 +122,8 @@ def preprocess_scan(
         image: the T1-weighted image (3D, any orientation), or with ``time_points`` a 4D series.
         label: optional label map on the image's grid.
         params: overrides of :data:`DEFAULTS` (``brain_extraction``, ``grid_shape``,
-            ``voxel_size_mm``, ``margin_mm``, ``interpolation``, ``normalisation``, ``clip``), of
+            ``voxel_size_mm``, ``margin_mm``, ``interpolation``, ``anti_aliasing``,
+            ``normalisation``, ``clip``), of
             :data:`REGISTRATION_DEFAULTS` (``bias_correction``; ``registration`` is implied by
             ``transform``) and ``time_points`` (None: one 3D volume; T: a 4D series).
         keep_label: resample the label map onto the grid and return it; False when the caller
@@ -138,7 +143,8 @@ def preprocess_scan(
         ValueError: if the label map's grid differs from the image's, the mask is empty,
             ``brain_extraction: template`` is asked for without a transform, ``label_map``
             without a label map, the image is not one 3D volume (without ``time_points``) or has
-            fewer than ``time_points`` volumes, or a series is to be registered or bias-corrected.
+            fewer than ``time_points`` volumes, a series is to be registered or bias-corrected,
+            or ``anti_aliasing`` is not a boolean.
         ImportError: for ``brain_extraction: deepbet`` without deepbet installed.
     """
     p = {**DEFAULTS, **dict(params or {})}
@@ -176,6 +182,8 @@ def preprocess_scan(
     else:
         affine = _grid_affine(mask, p)
     shape = tuple(int(s) for s in p["grid_shape"])
+    if _flag(p["anti_aliasing"], "anti_aliasing"):
+        image = anti_alias(image, float(nib.affines.voxel_sizes(affine).min()))
     data = resample_to_grid(image, affine, shape, p["interpolation"]).get_fdata(dtype=np.float32)
     grid_mask = np.asarray(resample_to_grid(mask, affine, shape, "nearest").dataobj) > 0
     if series is not None:
@@ -188,6 +196,13 @@ def preprocess_scan(
     if label is not None and keep_label:
         grid_label = np.asarray(resample_to_grid(label, affine, shape, "nearest").dataobj).astype(np.int16)
     return PreprocessedVolume(image=data, affine=affine, label=grid_label)
+
+
+def _flag(value: Any, name: str) -> bool:
+    """A yes/no option read strictly: YAML's ``true``/``false`` only, so ``"no"`` is not True."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise ValueError(f"preprocessing.{name} must be true or false, got {value!r}")
 
 
 def _grid_affine(mask: nib.spatialimages.SpatialImage, p: Mapping[str, Any]) -> np.ndarray:

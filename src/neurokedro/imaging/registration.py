@@ -80,7 +80,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from neurokedro.imaging.spatial import reorient_to_ras, resample_to_grid
+from neurokedro.imaging.spatial import anti_alias, reorient_to_ras, resample_to_grid
 
 logger = logging.getLogger(__name__)
 
@@ -384,8 +384,7 @@ def _downsample(img: nib.Nifti1Image, voxel_mm: float) -> nib.Nifti1Image:
     zooms = _voxel_sizes(img)
     if zooms.min() >= 0.75 * voxel_mm:
         return img
-    sigma_mm = np.sqrt(np.maximum(voxel_mm**2 - zooms**2, 0.0)) / 2.355  # FWHM -> sigma
-    data = ndimage.gaussian_filter(img.get_fdata(dtype=np.float32), sigma_mm / zooms)
+    data = np.asarray(anti_alias(img, voxel_mm).dataobj, dtype=np.float32)
     shape = np.maximum(1, np.ceil(np.asarray(img.shape[:3]) * zooms / voxel_mm)).astype(int)
     affine = np.asarray(img.affine, dtype=float).copy()
     affine[:3, :3] = affine[:3, :3] / zooms * voxel_mm

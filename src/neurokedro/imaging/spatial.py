@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import nibabel as nib
 import numpy as np
 from nilearn.image import resample_img
+from scipy import ndimage
 from nilearn.masking import compute_epi_mask
 
 
@@ -105,6 +106,45 @@ def crop_grid(
     affine = np.diag([voxel_size_mm, voxel_size_mm, voxel_size_mm, 1.0])
     affine[:3, 3] = centre - voxel_size_mm * (shape_arr - 1) / 2
     return affine
+
+
+#: FWHM (mm) of a Gaussian point-spread function with sigma 1 mm.
+FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
+
+
+def anti_alias(img: nib.spatialimages.SpatialImage, voxel_size_mm: float) -> nib.Nifti1Image:
+    """Gaussian low-pass filter of an image that is about to be resampled onto coarser voxels.
+
+    Resampling a 1 mm scan onto 3 mm voxels by interpolation alone samples its fine detail
+    (noise, sulcal edges) instead of averaging it: the result depends on each scan's own voxel
+    size, so scans from another site look different to a model trained on coarser ones. Each
+    voxel axis is smoothed with ``sigma = sqrt(target**2 - voxel**2) / FWHM_PER_SIGMA`` mm,
+    treating a voxel's size as the FWHM of its point-spread function, so that every input ends
+    at about the target resolution whatever its own voxel size (the usual Gaussian prefilter of
+    image pyramids, e.g. ITK's/ANTs' ``SmoothingSigmas`` before ``ShrinkFactors``). Axes whose
+    voxels are already at least ``voxel_size_mm`` are not filtered.
+
+    Args:
+        img: 3D ``(X, Y, Z)`` or 4D ``(X, Y, Z, T)`` image, any orientation (a 4D series is
+            filtered along its spatial axes only).
+        voxel_size_mm: the target grid's voxel size (mm, > 0).
+
+    Returns:
+        A float32 Nifti1Image on the same grid and affine; ``img`` itself when no axis needs
+        filtering.
+
+    Raises:
+        ValueError: if ``voxel_size_mm`` is not positive.
+    """
+    if not voxel_size_mm > 0:
+        raise ValueError(f"voxel_size_mm must be positive, got {voxel_size_mm}")
+    zooms = nib.affines.voxel_sizes(np.asarray(img.affine, dtype=float))
+    sigma_mm = np.sqrt(np.maximum(float(voxel_size_mm) ** 2 - zooms**2, 0.0)) / FWHM_PER_SIGMA
+    if not np.any(sigma_mm > 0):
+        return img
+    sigma_voxels = list(sigma_mm / zooms) + [0.0] * (len(img.shape) - 3)
+    data = ndimage.gaussian_filter(img.get_fdata(dtype=np.float32), sigma_voxels)
+    return nib.Nifti1Image(data, img.affine)
 
 
 def resample_to_grid(

@@ -8,6 +8,7 @@ the tasks that need that label. Nothing is dropped silently.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import logging
@@ -37,7 +38,7 @@ from neurokedro.imaging.brain_extraction import (
 from neurokedro.imaging.checks import grid_mismatch, image_findings
 from neurokedro.imaging.intensity import intensity_statistics
 from neurokedro.imaging.preprocess import DEFAULTS as PREPROCESSING_DEFAULTS
-from neurokedro.imaging.preprocess import preprocess_scan, registration_options
+from neurokedro.imaging.preprocess import REGISTRATION_DEFAULTS, preprocess_scan, registration_options
 from neurokedro.imaging.spatial import reorient_to_ras
 from neurokedro.imaging.tissue import resample_tissue_classes
 from neurokedro.io.scan_formats import READABLE, scan_format
@@ -412,6 +413,23 @@ def _brain_info(brain: nib.spatialimages.SpatialImage | None, label: nib.spatial
     return info
 
 
+#: Options of ``preprocessing`` that are not volume settings of
+#: :data:`~neurokedro.imaging.preprocess.DEFAULTS` or
+#: :data:`~neurokedro.imaging.preprocess.REGISTRATION_DEFAULTS`.
+PREPROCESSING_RUN_OPTIONS = ("time_points", "dtype", "n_workers", "registration_seed")
+
+
+def _check_known_options(preprocessing: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` naming a misspelt ``preprocessing`` option (and the closest known
+    one) instead of running with its default."""
+    known = sorted({*PREPROCESSING_DEFAULTS, *REGISTRATION_DEFAULTS, *PREPROCESSING_RUN_OPTIONS})
+    for key in preprocessing:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown preprocessing option {key!r}{hint} Known options: {', '.join(known)}")
+
+
 def preprocessing_compute_params(preprocessing: Mapping[str, Any]) -> dict[str, Any]:
     """The preprocessing parameters that determine a scan's volume: what its cache key hashes
     and what the store's metadata records.
@@ -424,14 +442,18 @@ def preprocessing_compute_params(preprocessing: Mapping[str, Any]) -> dict[str, 
     :data:`~neurokedro.imaging.registration.REGISTRATION_CODE_VERSION`.
 
     Raises:
-        ValueError: for an unknown ``registration``, ``bias_correction`` or
-            ``brain_extraction``, the old key ``mask``, a ``time_points`` that is not a positive
+        ValueError: for an unknown option (a misspelt key), an unknown ``registration``,
+            ``bias_correction`` or ``brain_extraction``, the old key ``mask``, an
+            ``anti_aliasing`` that is not a boolean, a ``time_points`` that is not a positive
             integer, or ``time_points`` with registration or bias correction.
         ImportError: for ``brain_extraction: deepbet`` without deepbet installed.
     """
     p = {**PREPROCESSING_DEFAULTS, **dict(preprocessing)}
     options = registration_options(preprocessing)
+    _check_known_options(preprocessing)
     params = {k: p[k] for k in PREPROCESSING_DEFAULTS}
+    if not isinstance(params["anti_aliasing"], bool):
+        raise ValueError(f"preprocessing.anti_aliasing must be true or false, got {params['anti_aliasing']!r}")
     for key in ("registration", "bias_correction"):
         params[key] = options[key]
     if params["brain_extraction"] == "deepbet":
