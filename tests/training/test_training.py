@@ -5,7 +5,7 @@ from torch import nn
 
 from neurokedro.tasks import get_task
 from neurokedro.training.data import VolumeDataset, build_augmentation
-from neurokedro.training.fit import fit, predict
+from neurokedro.training.fit import fit, predict, tta_options, tta_views
 from neurokedro.training.module import TargetScaler
 
 FAST = {"max_epochs": 4, "batch_size": 4, "progress_bar": False, "early_stopping": {"patience": 10},
@@ -74,6 +74,28 @@ def test_flip_average_is_invariant_to_mirroring():
     b = predict(model, mirrored, np.arange(4), flip_average=True)
     np.testing.assert_allclose(a, b, rtol=1e-5)
     assert not np.allclose(predict(model, images, np.arange(4)), predict(model, mirrored, np.arange(4)))
+
+
+def test_test_time_shifts_average_the_shifted_copies_and_move_voxelwise_outputs_back():
+    assert tta_views() == [(False, (0, 0, 0))]
+    views = tta_views(flip_average=True, shift_vox=2)
+    assert len(views) == 14 and views[0] == (False, (0, 0, 0)) and (True, (0, -2, 0)) in views
+    with pytest.raises(ValueError, match="test_time_shift_vox"):
+        tta_options({"test_time_shift_vox": -1})
+    assert tta_options({}, flip_default=True) == {"flip_average": True, "shift_vox": 0}
+
+    images, _ = _cohort(3)
+    model = nn.Sequential(nn.Flatten(1), nn.Linear(512, 1))  # position-sensitive: shifts change its output
+    x = torch.from_numpy(images)
+    with torch.no_grad():
+        by_hand = torch.stack([model(torch.roll(x, s, dims=d)) for s, d in
+                               [(0, 2), (1, 2), (-1, 2), (1, 3), (-1, 3), (1, 4), (-1, 4)]]).mean(0)[:, 0].numpy()
+    shifted = predict(model, images, np.arange(3), shift_vox=1)
+    np.testing.assert_allclose(shifted, by_hand, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(shifted, predict(model, images, np.arange(3)))
+    # a voxel-wise model (here the identity): every flipped and shifted view lands back on the scan's voxels
+    identity = nn.Identity()
+    np.testing.assert_allclose(predict(identity, images, np.arange(3), flip_average=True, shift_vox=2), images, atol=1e-6)
 
 
 def test_augmentation_changes_training_samples_only_and_keeps_shape():

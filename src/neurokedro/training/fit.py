@@ -42,7 +42,8 @@ LAST, BEST, FINAL, FINGERPRINT = "last.ckpt", "best.ckpt", "final.pt", "fingerpr
 #: Training parameters that cannot change a fit's result (left out of its fingerprint).
 #: ``num_workers`` is one: every sample's augmentation is seeded from (seed, epoch, sample).
 RESULT_NEUTRAL_PARAMS = frozenset(
-    {"checkpoint_dir", "resume", "progress_bar", "num_workers", "test_time_flip", "ensemble_size", "init_from"}
+    {"checkpoint_dir", "resume", "progress_bar", "num_workers", "test_time_flip", "test_time_shift_vox", "ensemble_size",
+     "init_from"}
 )
 
 
@@ -416,11 +417,50 @@ def _recover_history(history: MetricHistory, last_checkpoint: Path) -> None:
         history.log_all()
 
 
+def tta_views(flip_average: bool = False, shift_vox: int = 0) -> list[tuple[bool, tuple[int, int, int]]]:
+    """The views of a scan that test-time augmentation averages: ``(mirrored, (dx, dy, dz))``.
+
+    The scan itself; with ``flip_average`` its left-right mirror image; with ``shift_vox: k``
+    each of these moved by ``+-k`` voxels along each axis in turn (6 shifted copies), the
+    input shifts SFCN trains with (Peng et al. 2021, Med. Image Anal. 68:101871).
+
+    Returns:
+        ``(1 + 6 * (k > 0)) * (1 + flip_average)`` views, the unchanged scan first.
+
+    Raises:
+        ValueError: for a negative ``shift_vox``.
+    """
+    if int(shift_vox) < 0:
+        raise ValueError(f"test_time_shift_vox must be >= 0 voxels, got {shift_vox}")
+    k = int(shift_vox)
+    shifts = [(0, 0, 0)] + ([tuple(sign * k * (axis == a) for a in range(3)) for axis in range(3) for sign in (1, -1)]
+                            if k else [])
+    return [(mirrored, shift) for mirrored in ((False, True) if flip_average else (False,)) for shift in shifts]
+
+
+def tta_options(params: Mapping[str, Any], flip_default: bool = False) -> dict[str, Any]:
+    """:func:`predict`'s test-time augmentation from a task's ``training`` (or the ``predict``)
+    parameters: ``test_time_flip`` (default ``flip_default``) and ``test_time_shift_vox``
+    (default 0).
+
+    Returns:
+        ``{"flip_average": bool, "shift_vox": int}``.
+
+    Raises:
+        ValueError: for a negative ``test_time_shift_vox``.
+    """
+    options = {"flip_average": bool(params.get("test_time_flip", flip_default)),
+               "shift_vox": int(params.get("test_time_shift_vox", 0) or 0)}
+    tta_views(**options)  # validates
+    return options
+
+
 @torch.no_grad()
 def predict(
-    model: nn.Module, images: np.ndarray, rows: np.ndarray, batch_size: int = 8, flip_average: bool = False
+    model: nn.Module, images: np.ndarray, rows: np.ndarray, batch_size: int = 8, flip_average: bool = False,
+    shift_vox: int = 0,
 ) -> np.ndarray:
-    """Run ``model`` on rows of the volume store.
+    """Run ``model`` on rows of the volume store, averaging test-time views of each scan.
 
     Args:
         model: ``(B, C, D, H, W) -> (B, K)``, already in the target's unit.
@@ -429,20 +469,37 @@ def predict(
         batch_size: samples per forward pass.
         flip_average: average the outputs for each volume and its left-right mirror image
             (test-time augmentation matching the training flip; the brain is near-symmetric).
+        shift_vox: also average copies shifted by this many voxels along each axis
+            (:func:`tta_views`; ``torch.roll``, so what leaves one side of the grid, the
+            zero background, enters on the other); 0: no shifts.
 
     Returns:
-        float32 ``(len(rows), K)`` outputs (``(len(rows),)`` when K is 1); for a voxel-wise
-        model ``(len(rows), K, D, H, W)`` (class probabilities, or a reconstruction).
+        float32 ``(len(rows), K)`` outputs (``(len(rows),)`` when K is 1), the mean over the
+        views; for a voxel-wise model ``(len(rows), K, D, H, W)`` (class probabilities, or a
+        reconstruction), each view moved back onto the scan's voxels before averaging.
+
+    Raises:
+        ValueError: for a negative ``shift_vox``.
     """
     model = model.eval()
     dataset = VolumeDataset(images, rows)
+    views = tta_views(flip_average, shift_vox)
+
+    def view(x: torch.Tensor, mirrored: bool, shift: tuple[int, int, int], back: bool = False) -> torch.Tensor:
+        # axis 2 of (B, C, D, H, W) is R-L; a voxel-wise output is moved back in reverse order
+        if back:
+            x = torch.roll(x, shifts=tuple(-s for s in shift), dims=(2, 3, 4)) if any(shift) else x
+            return torch.flip(x, dims=[2]) if mirrored else x
+        x = torch.flip(x, dims=[2]) if mirrored else x
+        return torch.roll(x, shifts=shift, dims=(2, 3, 4)) if any(shift) else x
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        out = soft_vote(model(x).float())
-        if flip_average:  # axis 2 of (B, C, D, H, W) is R-L; a voxel-wise output is flipped back
-            mirrored = soft_vote(model(torch.flip(x, dims=[2])).float())
-            out = (out + (torch.flip(mirrored, dims=[2]) if mirrored.ndim == 5 else mirrored)) / 2
-        return out.cpu()
+        total = None
+        for mirrored, shift in views:
+            out = soft_vote(model(view(x, mirrored, shift)).float())
+            out = view(out, mirrored, shift, back=True) if out.ndim == 5 else out
+            total = out if total is None else total + out
+        return (total / len(views)).cpu()
 
     outputs = [forward(x) for x, _ in DataLoader(dataset, batch_size=batch_size)]
     if not outputs:

@@ -14,7 +14,7 @@ from neurokedro.io.volume_store import VolumeStore
 from neurokedro.models import build_model
 from neurokedro.pipelines.data_engineering.nodes import assert_no_subject_leakage
 from neurokedro.tasks.base import Task, get_task
-from neurokedro.training.fit import fit, predict, seed_everything
+from neurokedro.training.fit import fit, predict, seed_everything, tta_options
 from neurokedro.training.module import FoldEnsemble, MeanEnsemble
 from neurokedro.training.stacking import fit_stacking, stacking_columns, tissue_volumes_ml, volume_features
 from neurokedro.training.tracking import child_run, log_model
@@ -211,7 +211,7 @@ def predict_scans(
         model: the :class:`FoldEnsemble` from :func:`train_model`.
         volume_store: the preprocessed cohort.
         task_scans: from :func:`select_task_scans`.
-        training: training parameters (``batch_size``, ``test_time_flip``).
+        training: training parameters (``batch_size``, ``test_time_flip``, ``test_time_shift_vox``).
         evaluation: the task's evaluation options (e.g. the decision ``threshold``).
         task_name: registered task.
 
@@ -225,10 +225,10 @@ def predict_scans(
     """
     task = get_task(task_name)
     options = dict(evaluation or {})
-    batch_size, flip = int(training.get("batch_size", 8)), bool(training.get("test_time_flip", False))
+    batch_size, views = int(training.get("batch_size", 8)), tta_options(training)
 
     def run(net: nn.Module, rows: pd.DataFrame) -> np.ndarray:
-        return predict(net, volume_store.images, rows["row"].to_numpy(), batch_size, flip_average=flip)
+        return predict(net, volume_store.images, rows["row"].to_numpy(), batch_size, **views)
 
     def described(rows: pd.DataFrame, y_pred: np.ndarray, **columns: Any) -> pd.DataFrame:
         rows = rows.reset_index(drop=True)

@@ -23,7 +23,7 @@ from neurokedro.evaluation.segmentation import voxel_volume_ml
 from neurokedro.imaging.tissue import TISSUE_CLASSES
 from neurokedro.io.volume_store import VolumeStore
 from neurokedro.tasks.base import get_task
-from neurokedro.training.fit import predict
+from neurokedro.training.fit import predict, tta_options
 from neurokedro.training.stacking import apply_stacking, stacking_columns, stacking_volumes, volume_features
 
 logger = logging.getLogger(__name__)
@@ -87,7 +87,8 @@ def predict_task(
         latest_model: the task's ``<task>.model`` dataset (None when never trained here).
         volume_store: the new scans' volume store (index with ``row``, ``age``, ``sex`` when given).
         predict_params: the ``predict`` parameters: ``models.<task>`` (see :func:`load_model`),
-            ``batch_size`` (default 4), ``test_time_flip`` (default true), ``threshold`` (0.5).
+            ``batch_size`` (default 4), ``test_time_flip`` (default true),
+            ``test_time_shift_vox`` (default 0), ``threshold`` (0.5).
         task_name: registered task (regression, classification or segmentation).
         bias_correction: the brain-age bias-correction coefficients of the training run
             (``<task>.bias_correction``), for regression tasks that have one.
@@ -118,12 +119,12 @@ def predict_task(
     if model is None or usable.empty:
         return pd.DataFrame({"row": pd.Series(dtype=int)})
     batch = int(predict_params.get("batch_size", 4))
-    flip = bool(predict_params.get("test_time_flip", True))
+    views = tta_options(predict_params, flip_default=True)
     rows = usable["row"].to_numpy(int)
     outputs = []
     for start in tqdm(range(0, len(rows), batch), desc=f"predict {task_name}", unit="batch"):
         chunk = rows[start:start + batch]
-        y = predict(model, volume_store.images, chunk, batch, flip_average=flip)
+        y = predict(model, volume_store.images, chunk, batch, **views)
         outputs.append(_volumes(y, volume_store.affines[chunk]) if task.kind == "segmentation" else y)
     if task.kind == "segmentation":
         described = pd.concat(outputs, ignore_index=True)

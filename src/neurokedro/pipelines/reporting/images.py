@@ -20,7 +20,7 @@ from torch import nn  # noqa: E402
 
 from neurokedro.imaging.tissue import TISSUE_CLASSES  # noqa: E402
 from neurokedro.io.volume_store import VolumeStore  # noqa: E402
-from neurokedro.training.fit import predict  # noqa: E402
+from neurokedro.training.fit import predict, tta_options  # noqa: E402
 
 #: Colours of CSF, GM and WM in overlays (background transparent).
 TISSUE_COLOURS = ListedColormap(["#3b8bd9", "#e0a030", "#f2f2e6"])
@@ -49,7 +49,7 @@ def predict_label_maps(
         model: the segmentation model (class probabilities ``(B, K, D, H, W)``).
         volume_store: the preprocessed cohort (images and their voxel -> RAS mm affines).
         task_scans: the task's scans (``row``, ``subject_id``, ``session_id``, ``split``).
-        training: training parameters (``batch_size``, ``test_time_flip``).
+        training: training parameters (``batch_size``, ``test_time_flip``, ``test_time_shift_vox``).
 
     Returns:
         ``{"sub-<subject>[_ses-<session>]_dseg": image}``: uint8 classes 0 background, 1 CSF,
@@ -57,7 +57,7 @@ def predict_label_maps(
     """
     test = test_scans(task_scans)
     probabilities = predict(model, volume_store.images, test["row"].to_numpy(), int(training.get("batch_size", 8)),
-                            flip_average=bool(training.get("test_time_flip", False)))
+                            **tta_options(training))
     maps = {}
     for record, prob in zip(test.to_dict("records"), probabilities, strict=True):
         affine = np.asarray(volume_store.affines[record["row"]], dtype=float)
