@@ -177,3 +177,61 @@ def test_describe_fit_names_the_best_epoch_and_why_training_stopped():
     # sex is early-stopped on the validation loss (headline "loss", minimised)
     assert describe_fit(sex, history, {"max_epochs": 4}, "f") == "f: best val_loss 1 at epoch 2; 4/4 epochs run"
     assert describe_fit(age, history.drop(columns="val_mae"), {"max_epochs": 4}, "f") == "f: no val_mae logged; 4/4 epochs run"
+
+
+def test_refit_trains_on_every_training_scan_never_a_test_scan_and_is_scored_beside_the_fold_ensemble(monkeypatch):
+    from neurokedro.pipelines.modelling import nodes
+    from neurokedro.training.module import FOLD_ENSEMBLE_ID
+
+    store, splits = _store()
+    scans = select_task_scans(store, splits, "age_regression")
+    fits = []
+    original = nodes.fit
+    monkeypatch.setattr(nodes, "fit", lambda net, task, images, rows, *a, **k: fits.append((set(rows), a[2], a[3])) or original(net, task, images, rows, *a, **k))
+    model, history = train_model(store, scans, MODEL, {**TRAINING, "max_epochs": 3, "refit": True}, "age_regression")
+    train, test = scans[scans["split"] == "train"], scans[scans["split"] == "test"]
+    *folds, (refit_rows, refit_val_rows, refit_params) = fits
+    assert len(folds) == 3 and refit_rows == set(train["row"]) and not refit_rows & set(test["row"])
+    assert len(refit_val_rows) == 0 and 1 <= refit_params["stop_epoch"] <= 3 and "refit" not in refit_params
+    assert sorted(history["fold"].unique()) == [0, 1, 2]  # the refit's epochs are not fold rows
+    with torch.no_grad():
+        x = torch.from_numpy(store.images[:3])
+        torch.testing.assert_close(model(x), model.refit(x))
+        torch.testing.assert_close(model.fold_average(x), sum(m(x) for m in model.members) / 3)
+
+    predictions, fold_predictions = predict_scans(model, store, scans, TRAINING, {}, "age_regression")
+    scored = predictions[predictions["split"] == "test"]
+    assert (scored["source"] == "refit").all() and len(scored) == len(test)
+    oof = predictions[predictions["source"] == "out_of_fold"]
+    assert sorted(oof["row"]) == sorted(train["row"])  # out-of-fold figures still from the folds
+    ensemble = fold_predictions[fold_predictions["model_fold"] == FOLD_ENSEMBLE_ID].set_index("row")
+    per_fold = fold_predictions[fold_predictions["model_fold"] != FOLD_ENSEMBLE_ID].groupby("row")["predicted_age"].mean()
+    np.testing.assert_allclose(ensemble.loc[per_fold.index, "predicted_age"], per_fold, rtol=1e-5)
+    metrics, cv_metrics = evaluate_model(predictions, fold_predictions, "age_regression")
+    assert cv_metrics["fold"].tolist() == ["0", "1", "2", "mean", "sd", "out_of_fold", "fold_ensemble"]
+    row = cv_metrics.set_index("fold").loc["fold_ensemble"]
+    assert row["test_mae"] == pytest.approx(np.mean(np.abs(ensemble["predicted_age"] - ensemble["chronological_age"])))
+    assert metrics["mae"] != pytest.approx(row["test_mae"])  # the refit's own figure
+    logged = to_mlflow_metrics(metrics, cv_metrics)
+    assert logged["fold_ensemble_test_mae"]["value"] == pytest.approx(row["test_mae"])
+    assert logged["cv_test_mae_mean"]["value"] == pytest.approx(cv_metrics.iloc[:3]["test_mae"].mean())
+
+
+def test_refit_epochs_are_the_folds_median_to_their_best_and_training_without_validation_needs_them():
+    from neurokedro.training.fit import fit, refit_epochs
+
+    history = pd.DataFrame({"fold": [0] * 4 + [1] * 4 + [2] * 4, "epoch": list(range(4)) * 3,
+                            "val_mae": [9, 5, 6, 7, 9, 8, 7, 3, 9, 8, 2, 4]})  # best at epochs 1, 3, 2
+    assert refit_epochs(history, "val_mae") == 3
+    assert refit_epochs(history.assign(val_mae=-history["val_mae"]), "val_mae", "max") == 3
+    with pytest.raises(ValueError, match="no val_mae"):
+        refit_epochs(history.drop(columns="val_mae"), "val_mae")
+    store, _ = _store(n=8)
+    net = torch.nn.Sequential(torch.nn.Flatten(1), torch.nn.Linear(512, 1))
+    none = np.zeros(0, dtype=int)
+    task = get_task("age_regression")
+    ages = np.linspace(20, 80, 8).astype(np.float32)
+    with pytest.raises(ValueError, match="stop_epoch"):
+        fit(net, task, store.images, np.arange(8), ages, none, none.astype(np.float32), TRAINING)
+    _, trained = fit(net, task, store.images, np.arange(8), ages, none, none.astype(np.float32), {**TRAINING, "max_epochs": 10, "stop_epoch": 2})
+    assert trained["epoch"].tolist() == [0, 1] and "val_mae" not in trained

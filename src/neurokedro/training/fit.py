@@ -43,7 +43,7 @@ LAST, BEST, FINAL, FINGERPRINT = "last.ckpt", "best.ckpt", "final.pt", "fingerpr
 #: ``num_workers`` is one: every sample's augmentation is seeded from (seed, epoch, sample).
 RESULT_NEUTRAL_PARAMS = frozenset(
     {"checkpoint_dir", "resume", "progress_bar", "num_workers", "test_time_flip", "test_time_shift_vox", "ensemble_size",
-     "init_from"}
+     "init_from", "refit"}
 )
 
 
@@ -256,11 +256,18 @@ def fit(
         years for brain age, probabilities for classification), in eval mode on the CPU; and one
         row per epoch of logged metrics.
 
+    Without validation rows (a refit on every training scan, :func:`refit_epochs`) the fit runs
+    ``stop_epoch`` epochs of a learning-rate schedule laid out over ``max_epochs``, exactly as
+    a fold's fit does up to that epoch, and returns its last weights: no checkpoint is chosen
+    and nothing stops it early.
+
     Raises:
-        ValueError: with no training or no validation rows.
+        ValueError: with no training rows, or no validation rows without ``stop_epoch``.
     """
-    if len(train_rows) == 0 or len(val_rows) == 0:
-        raise ValueError(f"need training and validation rows; got {len(train_rows)} and {len(val_rows)}")
+    validate = len(val_rows) > 0
+    if len(train_rows) == 0 or not (validate or params.get("stop_epoch")):
+        raise ValueError(f"need training and validation rows (or a stop_epoch to train without validation); got "
+                         f"{len(train_rows)} and {len(val_rows)}")
     seed = seed_everything(params)
     train_targets = np.asarray(train_targets, dtype=np.float32)
     val_targets = np.asarray(val_targets, dtype=np.float32)
@@ -295,7 +302,7 @@ def fit(
     val_loader = SeededDataLoader(
         VolumeDataset(images, val_rows, scaled(val_targets), **dense), batch_size=batch_size, shuffle=False,
         seed=seed, **loader_args,
-    )
+    ) if validate else None
     precise_bn = dict(params.get("precise_bn") or {})
     max_epochs = int(params.get("max_epochs", 30))
     module = TaskModule(
@@ -310,7 +317,7 @@ def fit(
         state, stored = "fresh", None
         if fingerprint is not None:
             state, stored = _open_checkpoint_dir(checkpoint_dir, fingerprint, bool(params.get("resume", True)),
-                                                 bool(swa.get("enabled", False)))
+                                                 bool(swa.get("enabled", False)) or not validate)
         if state == "finished":
             assert stored is not None
             module.model.load_state_dict(stored["model"])
@@ -328,7 +335,8 @@ def fit(
         # decisions of the epoch.
         latest = ModelCheckpoint(dirpath=checkpoint_dir, filename=LAST.removesuffix(".ckpt"), monitor=None,
                                  save_top_k=1, enable_version_counter=False)
-        callbacks: list[L.Callback] = [checkpoint, history, EpochSeed(seed, sampler), RunState(fingerprint)]
+        callbacks: list[L.Callback] = [checkpoint] if validate else []
+        callbacks += [history, EpochSeed(seed, sampler), RunState(fingerprint)]
         if precise_bn.get("enabled", False):
             # The training scans in a fixed order, un-augmented; a batch of one has no variance.
             statistics_loader = SeededDataLoader(
@@ -347,7 +355,7 @@ def fit(
             if stopping.get("enabled", True):
                 logger.info("SWA is on: early stopping is off so that the averaging phase is reached")
                 stopping["enabled"] = False
-        if stopping.get("enabled", True):
+        if stopping.get("enabled", True) and validate:
             callbacks.append(
                 EarlyStopping(
                     monitor=monitor, mode=task.headline_mode, patience=int(stopping.get("patience", 10)),
@@ -356,7 +364,7 @@ def fit(
             )
         callbacks.append(latest)
         trainer = L.Trainer(
-            max_epochs=max_epochs,
+            max_epochs=int(params.get("stop_epoch") or max_epochs),
             accelerator=params.get("accelerator", "auto"),
             devices=params.get("devices", 1),
             num_nodes=int(params.get("num_nodes", 1)),
@@ -384,10 +392,11 @@ def fit(
             logger.info("%s: resuming this run from %s (epoch %d)", checkpoint_dir, LAST, int(stored["next_epoch"]))
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*exists and is not empty")  # our own files
+            warnings.filterwarnings("ignore", message=".*no `val_dataloader`")  # a refit, on purpose
             trainer.fit(module, train_loader, val_loader, ckpt_path=ckpt_path, weights_only=False)
         if not history.rows and (checkpoint_dir / LAST).is_file():
             _recover_history(history, checkpoint_dir / LAST)
-        best = checkpoint.best_model_path
+        best = checkpoint.best_model_path if validate else ""
         if swa.get("enabled", False):
             logger.debug("Using the SWA-averaged weights (best single %s was %.4g)", monitor,
                          float(checkpoint.best_model_score or float("nan")))
@@ -415,6 +424,35 @@ def _recover_history(history: MetricHistory, last_checkpoint: Path) -> None:
     if state:
         history.load_state_dict(state)
         history.log_all()
+
+
+def refit_epochs(history: pd.DataFrame, monitor: str, mode: str = "min") -> int:
+    """How many epochs a refit on every training scan runs: the median over the folds (and
+    ensemble members) of the epoch count at which each reached its best ``monitor`` (the
+    checkpoint its out-of-fold predictions come from), rounded up.
+
+    Args:
+        history: :func:`fit`'s rows of every fold (``fold``, optional ``member``, ``epoch``
+            numbered from 0, ``monitor``).
+        monitor: e.g. ``"val_mae"``.
+        mode: ``"min"`` or ``"max"``: which value of ``monitor`` is best.
+
+    Returns:
+        Epochs, >= 1.
+
+    Raises:
+        ValueError: if no fold logged ``monitor``.
+    """
+    if monitor not in history or not history[monitor].notna().any():
+        raise ValueError(f"refit: no {monitor} in the folds' histories to take the number of epochs from")
+    keys = [c for c in ("fold", "member") if c in history]
+    best = []
+    for _, part in (history.groupby(keys) if keys else [((), history)]):
+        scores = part[monitor]
+        if scores.notna().any():
+            at = scores.idxmin() if mode == "min" else scores.idxmax()
+            best.append(int(part.loc[at, "epoch"]) + 1)
+    return max(1, int(np.ceil(np.median(best))))
 
 
 def tta_views(flip_average: bool = False, shift_vox: int = 0) -> list[tuple[bool, tuple[int, int, int]]]:

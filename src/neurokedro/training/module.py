@@ -122,22 +122,44 @@ class MeanEnsemble(nn.Module):
         return torch.stack([member(x) for member in self.members]).mean(dim=0)
 
 
+#: ``model_fold`` of the fold ensemble's test predictions when a refit model makes the test
+#: predictions (``training.refit``), so both are scored on the same scans.
+FOLD_ENSEMBLE_ID = -1
+
+
 class FoldEnsemble(MeanEnsemble):
     """The models of a K-fold cross-validation; ``forward`` averages them (the fold ensemble).
 
     ``members[i]`` was trained without fold ``folds[i]``, which was its validation set, so
     :meth:`fold_model` gives the model whose predictions on that fold are out-of-fold.
 
+    With ``refit`` (``training.refit: true``: one model trained afterwards on every training
+    scan for the folds' typical number of epochs), ``forward`` is the refit model's, the model
+    that predicts new scans; the fold members still give the out-of-fold predictions.
+
     Args:
         members: one model per fold (outputs in the target's unit).
         folds: the fold number of each member.
+        refit: the refit model, or None (``forward`` averages the fold models).
+
+    Raises:
+        ValueError: unless there is one distinct fold number per member.
     """
 
-    def __init__(self, members: list[nn.Module], folds: list[int]) -> None:
+    def __init__(self, members: list[nn.Module], folds: list[int], refit: nn.Module | None = None) -> None:
         super().__init__(members)
         if len(folds) != len(members) or len(set(folds)) != len(folds):
             raise ValueError(f"need one distinct fold number per member; got folds={folds} for {len(members)} members")
         self.folds = [int(f) for f in folds]
+        self.refit = refit
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        refit = getattr(self, "refit", None)  # None in models saved before refits existed
+        return refit(x) if refit is not None else self.fold_average(x)
+
+    def fold_average(self, x: torch.Tensor) -> torch.Tensor:
+        """The mean output of the fold models (the fold ensemble), with or without a refit."""
+        return super().forward(x)
 
     def fold_model(self, fold: int) -> nn.Module:
         """The member validated on ``fold``.

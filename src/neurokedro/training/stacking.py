@@ -36,6 +36,7 @@ from sklearn.preprocessing import StandardScaler
 from neurokedro.evaluation.segmentation import voxel_volume_ml
 from neurokedro.imaging.tissue import TISSUE_CLASSES
 from neurokedro.io.volume_store import VolumeStore, read_row
+from neurokedro.training.module import FOLD_ENSEMBLE_ID
 
 #: The references of the method, stored beside the coefficients.
 REFERENCE = ("Wolpert 1992, Neural Networks 5:241; Breiman 1996, Machine Learning 24:49; "
@@ -193,7 +194,9 @@ def fit_stacking(
         folds: (N,) int fold of each training scan (ignored for test scans).
         is_test: (N,) bool, True for held-out test scans.
         fold_network: ``{k: (T,) predictions of the T test scans by fold k's model}``, in the
-            order of the test rows, for per-fold test predictions (optional).
+            order of the test rows, for per-fold test predictions (optional); the key
+            ``FOLD_ENSEMBLE_ID`` (the fold ensemble beside a refit model) is stacked as the
+            test scans are.
         alphas: ridge penalties tried by ``RidgeCV``.
 
     Returns:
@@ -243,8 +246,8 @@ def fit_stacking(
         predictions = np.asarray(predictions, float)
         ok = usable[test_rows] & np.isfinite(predictions)
         out = predictions.copy()
-        if int(k) in per_fold:
-            part = per_fold[int(k)]
+        part = per_fold.get(int(k), model if int(k) == FOLD_ENSEMBLE_ID else None)  # the ensemble: as the test scans
+        if part is not None:
             out[ok] = _meta_predict(part["meta"], predictions[ok], _ridge_predict(part["ridge"], features[test_rows][ok]))
         fold_stacked[int(k)] = out
     return stacked, volume_prediction, fold_stacked, model

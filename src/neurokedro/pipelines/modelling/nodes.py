@@ -14,8 +14,8 @@ from neurokedro.io.volume_store import VolumeStore
 from neurokedro.models import build_model
 from neurokedro.pipelines.data_engineering.nodes import assert_no_subject_leakage
 from neurokedro.tasks.base import Task, get_task
-from neurokedro.training.fit import fit, predict, seed_everything, tta_options
-from neurokedro.training.module import FoldEnsemble, MeanEnsemble
+from neurokedro.training.fit import fit, predict, refit_epochs, seed_everything, tta_options
+from neurokedro.training.module import FOLD_ENSEMBLE_ID, FoldEnsemble, MeanEnsemble
 from neurokedro.training.stacking import fit_stacking, stacking_columns, tissue_volumes_ml, volume_features
 from neurokedro.training.tracking import child_run, log_model
 from neurokedro.training.transfer import resolve_pretrained, transfer_encoder
@@ -95,7 +95,63 @@ def train_model(
     task = get_task(task_name)
     pretrained = resolve_pretrained(training.get("init_from"), pretrained_model)
     assert_no_subject_leakage(task_scans)  # again here: task_scans is a dataset a user could edit
-    return cross_validate(volume_store, task_scans, task.model_spec(model), training, task_name, pretrained)
+    spec = task.model_spec(model)
+    ensemble, history = cross_validate(volume_store, task_scans, spec, training, task_name, pretrained)
+    if training.get("refit", False):
+        ensemble.refit = refit_model(volume_store, task_scans, spec, training, task_name, history, pretrained)
+    return ensemble, history
+
+
+def refit_model(
+    volume_store: VolumeStore,
+    task_scans: pd.DataFrame,
+    spec: Mapping[str, Any],
+    training: Mapping[str, Any],
+    task_name: str,
+    history: pd.DataFrame,
+    pretrained: nn.Module | None = None,
+) -> nn.Module:
+    """One network trained on every training scan (all K folds, never a test scan) after the
+    cross-validation (``training.refit: true``), in a nested MLflow run ``refit``.
+
+    It runs the folds' median number of epochs to their best validation score
+    (:func:`~neurokedro.training.fit.refit_epochs`) with the folds' learning-rate schedule, and
+    keeps its last weights: there is no validation set left to choose a checkpoint on. One
+    network (seed ``training.seed``) whatever ``ensemble_size``; with ``init_from`` its encoder
+    comes from the pretrained model's first fold.
+
+    Args:
+        volume_store, task_scans, spec, training, task_name, pretrained: as for
+            :func:`cross_validate`.
+        history: :func:`cross_validate`'s per-epoch rows of the folds.
+
+    Returns:
+        The refit model, its outputs in the target's unit.
+
+    Raises:
+        ValueError: if the folds' histories hold no validation score.
+    """
+    task = get_task(task_name)
+    train = task_scans[task_scans["split"] == "train"]
+    epochs = refit_epochs(history, f"val_{task.headline_metric}", task.headline_mode)
+    params = {k: v for k, v in training.items() if k != "refit"} | {"stop_epoch": epochs}
+    if training.get("checkpoint_dir"):
+        params["checkpoint_dir"] = f"{training['checkpoint_dir']}/refit"
+    logger.info("%s: refit on all %d training scans for %d epochs (the folds' median to their best)",
+                task_name, len(train), epochs)
+    run_params = {"n_train": len(train), "epochs": epochs, "model": spec, "training": params}
+    with child_run("refit", run_params, tags={"fold": "refit", "task": task_name}) as run_id:
+        seed_everything(params)
+        net = build_model(spec, volume_store.images.shape[1:], task.network_out_size(training.get("loss")))
+        if pretrained is not None:
+            transfer_encoder(net, pretrained, min(getattr(pretrained, "folds", [0])))
+        none = np.zeros(0, dtype=int)
+        refit, _ = fit(net, task, volume_store.images, train["row"].to_numpy(), train["target"].to_numpy(np.float32),
+                       none, none.astype(np.float32), params, mlflow_prefix="" if run_id else "refit.",
+                       labels=volume_store.labels)
+        if run_id:
+            log_model(refit, run_id)
+    return refit
 
 
 def cross_validate(
@@ -204,7 +260,9 @@ def predict_scans(
 
     Every training scan is predicted by the one model that did not train on it (its fold's), so
     each gets exactly one out-of-fold prediction; every test scan by the mean of the K fold
-    models (mean of predicted ages, or of predicted probabilities). A model that is not a
+    models (mean of predicted ages, or of predicted probabilities), or by the refit model when
+    there is one (``training.refit``; the fold ensemble's are then kept among
+    ``fold_predictions`` with ``model_fold`` :data:`FOLD_ENSEMBLE_ID`). A model that is not a
     :class:`FoldEnsemble` predicts every scan itself.
 
     Args:
@@ -217,8 +275,8 @@ def predict_scans(
 
     Returns:
         ``(predictions, fold_predictions)``. ``predictions``: one row per scan with ``row,
-        subject_id, session_id, split, fold``, ``source`` (``out_of_fold``, ``fold_ensemble`` or
-        ``model``), the task's prediction columns (for brain age ``chronological_age,
+        subject_id, session_id, split, fold``, ``source`` (``out_of_fold``, ``fold_ensemble``,
+        ``refit`` or ``model``), the task's prediction columns (for brain age ``chronological_age,
         predicted_age, brain_age_gap`` in years) and the scan's ``age``/``sex_label``/``site``.
         ``fold_predictions``: each fold model's predictions of the test scans, with
         ``model_fold`` (for per-fold test metrics).
@@ -251,7 +309,10 @@ def predict_scans(
             output = run(fold_model, test)
             test_sum = output.astype(np.float32) if test_sum is None else test_sum + output
             per_fold.append(described(test, output, model_fold=fold))
-    if not test.empty:
+    if not test.empty and getattr(model, "refit", None) is not None:
+        parts.append(described(test, run(model.refit, test), source="refit"))
+        per_fold.append(described(test, test_sum / len(model.folds), model_fold=FOLD_ENSEMBLE_ID))
+    elif not test.empty:
         parts.append(described(test, test_sum / len(model.folds), source="fold_ensemble"))
     predictions = pd.concat(parts, ignore_index=True).sort_values("row", ignore_index=True)
     fold_predictions = pd.concat(per_fold, ignore_index=True) if per_fold else pd.DataFrame()
@@ -358,7 +419,7 @@ def _stacking_summary(task: Any, predictions: pd.DataFrame, test: np.ndarray, ou
 def evaluate_model(
     predictions: pd.DataFrame, fold_predictions: pd.DataFrame, task_name: str
 ) -> tuple[dict[str, float], pd.DataFrame]:
-    """Test metrics of the fold ensemble, and per-fold metrics with their mean and sd.
+    """Test metrics of the fold ensemble (or the refit model), and per-fold metrics with their mean and sd.
 
     Args:
         predictions: from :func:`predict_scans`.
@@ -371,7 +432,8 @@ def evaluate_model(
         the test scans; and a table with one row per fold (``fold``; ``validation_<metric>`` on
         the fold's out-of-fold predictions, ``test_<metric>`` of the fold's model on the test
         set), then rows ``mean`` and ``sd`` (across folds, ddof=1) and ``out_of_fold``
-        (validation metrics of all out-of-fold predictions pooled).
+        (validation metrics of all out-of-fold predictions pooled), and with a refit model
+        (whose are the test metrics) ``fold_ensemble`` (the fold ensemble's test metrics).
 
     Raises:
         ValueError: if there are no test predictions.
@@ -391,10 +453,13 @@ def evaluate_model(
             row.update({f"test_{k}": v for k, v in task.compute_metrics(own).items()})
         rows.append(row)
     cv_metrics = pd.DataFrame(rows)
+    ensemble = fold_predictions[fold_predictions["model_fold"] == FOLD_ENSEMBLE_ID] if not fold_predictions.empty else fold_predictions
     if not cv_metrics.empty:
         values = cv_metrics.drop(columns="fold")
         summary = [{"fold": "mean", **values.mean().to_dict()}, {"fold": "sd", **values.std(ddof=1).to_dict()},
                    {"fold": "out_of_fold", **{f"validation_{k}": v for k, v in task.compute_metrics(oof).items()}}]
+        if not ensemble.empty:  # beside the refit model, whose metrics are the test metrics
+            summary.append({"fold": "fold_ensemble", **{f"test_{k}": v for k, v in task.compute_metrics(ensemble).items()}})
         cv_metrics = pd.concat([cv_metrics, pd.DataFrame(summary)], ignore_index=True)
         logger.info("%s cross-validation over %d folds (mean +- sd): %s", task_name, len(rows), {
             k.removeprefix("validation_"): f"{summary[0][k]:.4g} +- {summary[1][k]:.4g}" for k in values if k.startswith("validation_")})

@@ -21,8 +21,13 @@ from neurokedro.training.tracking import log_metrics  # noqa: E402
 SOURCE_STYLE = {
     "out_of_fold": ("out-of-fold (cross-validation)", "#e39b3b", 0.55),
     "fold_ensemble": ("test (fold ensemble)", "#1f5f99", 0.9),
+    "refit": ("test (refit on all training scans)", "#1f5f99", 0.9),
     "model": ("all scans", "#1f5f99", 0.7),
 }
+
+
+#: ``source`` values of test-scan predictions (:func:`~neurokedro.pipelines.modelling.nodes.predict_scans`).
+TEST_SOURCES = ("fold_ensemble", "refit")
 
 
 def plot_predicted_vs_true(predictions: pd.DataFrame, metrics: Mapping[str, float], task_name: str) -> Figure:
@@ -115,7 +120,8 @@ def to_mlflow_metrics(
     (``{name: {"value", "step"}}``): the fold ensemble's ``test_<metric>``, its bootstrap
     interval ``test_<metric>_ci_low`` / ``_ci_high``, and the cross-validation aggregates
     ``cv_<metric>_mean`` / ``cv_<metric>_sd`` across folds (validation metrics) and
-    ``cv_test_<metric>_mean`` (the fold models' mean test metric). With an enabled ``stacking``
+    ``cv_test_<metric>_mean`` (the fold models' mean test metric); with a refit model (whose
+    are the ``test_<metric>``) ``fold_ensemble_test_<metric>``. With an enabled ``stacking``
     model (brain age), also ``stacking_<summary key>`` (e.g. ``stacking_test_mae_network``, the
     network's alone) and the weights ``stacking_w_network`` / ``stacking_w_tissue_volumes``.
 
@@ -134,6 +140,8 @@ def to_mlflow_metrics(
             for stat in ("mean", "sd") if kind == "validation" else ("mean",):
                 if stat in summary.index:
                     out[f"{prefix}{name}_{stat}"] = float(summary.loc[stat, column])
+            if kind == "test" and "fold_ensemble" in summary.index:  # beside a refit model's test_<metric>
+                out[f"fold_ensemble_test_{name}"] = float(summary.loc["fold_ensemble", column])
     if stacking and stacking.get("enabled"):
         out |= {f"stacking_{k}": float(v) for k, v in stacking.get("summary", {}).items()}
         out |= {f"stacking_{k}": float(stacking["meta"][k]) for k in ("w_network", "w_tissue_volumes")}
@@ -205,7 +213,7 @@ def plot_roc_curve(predictions: pd.DataFrame, metrics: Mapping[str, float], task
         part = predictions[sources == source]
         if part["true_label"].nunique() == 2:
             fpr, tpr, _ = roc_curve(part["true_label"].astype(int), part[probability])
-            auc = metrics["roc_auc"] if source == "fold_ensemble" else area_under_curve(fpr, tpr)
+            auc = metrics["roc_auc"] if source in TEST_SOURCES else area_under_curve(fpr, tpr)
             ax.plot(fpr, tpr, color=colour, label=f"{label}, AUC {auc:.3f} (n={len(part)})")
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="chance")
     ax.set_xlabel("1 - specificity (false positive rate)")
@@ -232,7 +240,7 @@ def plot_bland_altman(predictions: pd.DataFrame, task_name: str) -> Figure:
     mean, difference = (true + pred) / 2, pred - true
     bias, sd = difference.mean(), difference.std(ddof=1)
     fig, ax = plt.subplots(figsize=(6, 4.5), layout="constrained")
-    ax.scatter(mean, difference, s=20, c=SOURCE_STYLE["fold_ensemble"][1], alpha=0.8, label=f"test scans (n={len(test)})")
+    ax.scatter(mean, difference, s=20, c=SOURCE_STYLE[TEST_SOURCES[0]][1], alpha=0.8, label=f"test scans (n={len(test)})")
     ax.axhline(bias, color="k", lw=1.2, label=f"mean difference {bias:+.2f}")
     for limit in (bias - 1.96 * sd, bias + 1.96 * sd):
         ax.axhline(limit, color="k", ls="--", lw=1)
@@ -260,7 +268,7 @@ def plot_gap_vs_age(corrected_predictions: pd.DataFrame) -> Figure:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True, layout="constrained")
     for ax, (column, title) in zip(axes, (("brain_age_gap", "before correction"),
                                           ("corrected_brain_age_gap", "after correction (fitted out-of-fold)"))):
-        for source in ("out_of_fold", "fold_ensemble"):
+        for source in ("out_of_fold", *TEST_SOURCES):
             part = corrected_predictions[corrected_predictions["source"] == source]
             if len(part) < 3:
                 continue

@@ -125,7 +125,7 @@ def summarise_bias_correction(corrected_predictions: pd.DataFrame) -> pd.DataFra
     (:func:`neurokedro.evaluation.brain_age.summarise_correction`); ``r_gap_age`` after the
     correction should be near 0 on the test set."""
     summary = summarise_correction(corrected_predictions)
-    test = summary[summary["source"] == "fold_ensemble"].set_index("correction")
+    test = summary[summary["source"].isin(("fold_ensemble", "refit"))].set_index("correction")
     if not test.empty:
         logger.info("brain-age gap vs age on the test set: r = %.3f before, %.3f after correction",
                     test.loc["uncorrected", "r_gap_age"], test.loc["corrected", "r_gap_age"])
