@@ -99,11 +99,13 @@ def results(work: Path, pipeline: str) -> dict:
 
 
 def cv_line(metric: str, cv: pd.DataFrame, test: dict) -> str:
-    """``metric``: CV mean +- sd | fold models on test | fold ensemble on test."""
-    return (f"   {metric:12s} cross-validation {cv.loc['mean', f'validation_{metric}']:.3f} "
+    """``metric``: CV mean +- sd | fold models on test | fold ensemble (and refit) on test."""
+    line = (f"   {metric:12s} cross-validation {cv.loc['mean', f'validation_{metric}']:.3f} "
             f"+- {cv.loc['sd', f'validation_{metric}']:.3f} | fold models on test "
-            f"{cv.loc['mean', f'test_{metric}']:.3f} +- {cv.loc['sd', f'test_{metric}']:.3f} | "
-            f"fold ensemble on test {test[metric]:.3f}")
+            f"{cv.loc['mean', f'test_{metric}']:.3f} +- {cv.loc['sd', f'test_{metric}']:.3f} | ")
+    if "fold_ensemble" in cv.index:  # training.refit: the test metrics are the refit model's
+        return line + f"fold ensemble on test {cv.loc['fold_ensemble', f'test_{metric}']:.3f} | refit on test {test[metric]:.3f}"
+    return line + f"fold ensemble on test {test[metric]:.3f}"
 
 
 def run_in_copy(name: str, model: str | None, params: list[str], keep: Path | None, rerun: bool = False,
@@ -138,16 +140,23 @@ def main() -> None:
                         "and print its wall time too")
     parser.add_argument("--same-copy", action="store_true", help="run everything in one work copy, in the "
                         "order given: later runs of the same --env reuse the first one's preprocessed volume store")
+    parser.add_argument("--from-data", type=Path, help="start from a copy of this data/ folder (one kept with --keep): "
+                        "its preprocessed volumes and finished fold models are reused, e.g. to measure an evaluation "
+                        "option or a refit on the same folds")
     args = parser.parse_args()
     names = args.only or list(RUNS)
     if args.same_copy and len({RUNS[name][1] for name in names}) > 1:
         parser.error("--same-copy: every --only run must use the same --env (demo-* or ixi-*)")
-    shared = work_copy("shared") if args.same_copy else None
+    if args.from_data and not (args.same_copy or len(names) == 1):
+        parser.error("--from-data: one --only run, or --same-copy")
+    shared = work_copy("shared") if args.same_copy or args.from_data else None
+    if args.from_data:  # a kept run's data/: its volume store and finished fold checkpoints are reused
+        shutil.copytree(args.from_data, shared / "data", dirs_exist_ok=True)
     for name in names:
         r = run_in_copy(name, args.model, args.params, args.keep, name in args.rerun, shared)
         cv, test = r["cv"], r["test"]
         rerun = f"; rerun {r['rerun_s'] / 60:.1f} min" if "rerun_s" in r else ""
-        print(f"== {r['name']}: {r['wall_s']:.0f} s ({r['wall_s'] / 60:.1f} min{rerun}), {len(cv) - 3} folds, "
+        print(f"== {r['name']}: {r['wall_s']:.0f} s ({r['wall_s'] / 60:.1f} min{rerun}), {cv.index.str.fullmatch(r'\d+').sum()} folds, "
               f"{test['n']} test subjects")
         for metric in SHOWN[r["pipeline"]]:
             line = cv_line(metric, cv, test)

@@ -15,17 +15,23 @@ FAST_TRAINING = {"max_epochs": 2, "progress_bar": False, "batch_size": 4, "check
                  "ensemble_size": 1}
 
 
-def _assert_tracked(root, task, n_folds, headline, expected, tracking_uri=None):
+def _assert_tracked(root, task, n_folds, headline, expected, tracking_uri=None, refit=False):
     """One parent run named after the pipeline, holding the aggregates, with one child per fold
     holding that fold's params, epoch curve, metrics and model (in the project's mlflow.db, or
-    at ``tracking_uri``, which must then be mlflow's current tracking URI too)."""
+    at ``tracking_uri``, which must then be mlflow's current tracking URI too); with ``refit``
+    one more child ``refit`` holding the refit model."""
     client = mlflow.MlflowClient(tracking_uri=tracking_uri or f"sqlite:///{root / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(task)
     assert experiment is not None
     runs = [r for r in client.search_runs([experiment.experiment_id]) if r.info.status != "FAILED"]
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert parent.info.status == "FINISHED" and len(runs) == 1 + n_folds
+    if refit:
+        (refit_run,) = [r for r in children if r.data.tags["fold"] == "refit"]
+        children.remove(refit_run)
+        assert refit_run.info.status == "FINISHED" and int(refit_run.data.params["epochs"]) >= 1
+        assert f"fold_ensemble_test_{headline}" in parent.data.metrics
+    assert parent.info.status == "FINISHED" and len(runs) == 1 + n_folds + refit
     assert f"{task}.training.optimiser.lr" in parent.data.params
     assert parent.data.metrics[f"test_{headline}"] == pytest.approx(expected)
     assert {f"cv_{headline}_mean", f"cv_{headline}_sd", f"cv_test_{headline}_mean"} <= set(parent.data.metrics)
@@ -45,13 +51,13 @@ def _assert_tracked(root, task, n_folds, headline, expected, tracking_uri=None):
     return mlflow.pytorch.load_model(f"runs:/{parent.info.run_id}/{task}/model", map_location="cpu")
 
 
-def _assert_cross_validated(root, task, n_folds):
+def _assert_cross_validated(root, task, n_folds, refit=False):
     predictions = pd.read_csv(root / f"data/07_model_output/{task}/predictions.csv")
     splits = pd.read_csv(root / "data/05_model_input/splits.csv")
     usable = pd.read_csv(root / f"data/05_model_input/{task}/task_scans.csv")  # the scans with this task's target
     test = predictions[predictions["split"] == "test"]
     assert set(test["subject_id"]) == set(splits.loc[splits["split"] == "test", "subject_id"])
-    assert (test["source"] == "fold_ensemble").all()
+    assert (test["source"] == ("refit" if refit else "fold_ensemble")).all()
     # every non-test subject with a target gets exactly one out-of-fold prediction, from its own fold's model
     oof = predictions[predictions["source"] == "out_of_fold"]
     assert oof["subject_id"].is_unique
@@ -60,12 +66,13 @@ def _assert_cross_validated(root, task, n_folds):
     merged = oof.merge(splits[["subject_id", "fold"]], on="subject_id", suffixes=("", "_split"))
     assert (merged["fold"] == merged["fold_split"]).all()
     cv = pd.read_csv(root / f"data/08_reporting/{task}/cv_metrics.csv")
-    assert cv["fold"].astype(str).tolist() == [str(k) for k in range(n_folds)] + ["mean", "sd", "out_of_fold"]
+    assert cv["fold"].astype(str).tolist() == [str(k) for k in range(n_folds)] + ["mean", "sd", "out_of_fold"] + (
+        ["fold_ensemble"] if refit else [])
     return predictions, json.loads((root / f"data/08_reporting/{task}/test_metrics.json").read_text())
 
 
-def _assert_complete_age_run(root, n_folds):
-    predictions, metrics = _assert_cross_validated(root, "age_regression", n_folds)
+def _assert_complete_age_run(root, n_folds, refit=False):
+    predictions, metrics = _assert_cross_validated(root, "age_regression", n_folds, refit)
     test = predictions[predictions["split"] == "test"]
     assert np.isfinite(test["predicted_age"]).all()
     np.testing.assert_allclose(test["brain_age_gap"], test["predicted_age"] - test["chronological_age"])
@@ -74,9 +81,9 @@ def _assert_complete_age_run(root, n_folds):
     assert (root / "data/06_models/age_regression/model/MLmodel").is_file()
     for plot in ("predicted_vs_true.png", "learning_curves.png", "bland_altman.png", "gap_vs_age.png", "subgroups.png"):
         assert (root / "data/08_reporting/age_regression" / plot).stat().st_size > 1000
-    _assert_bias_corrected(root, predictions)
+    _assert_bias_corrected(root, predictions, "refit" if refit else "fold_ensemble")
     _assert_stacked(root, predictions)
-    model = _assert_tracked(root, "age_regression", n_folds, "mae", metrics["mae"])
+    model = _assert_tracked(root, "age_regression", n_folds, "mae", metrics["mae"], refit=refit)
     return metrics, model
 
 
@@ -102,7 +109,7 @@ def _assert_stacked(root, predictions):
     assert "Stacking with tissue volumes" in (root / "data/08_reporting/age_regression/report.html").read_text()
 
 
-def _assert_bias_corrected(root, predictions):
+def _assert_bias_corrected(root, predictions, test_source="fold_ensemble"):
     """Fitted on out-of-fold predictions only, kept as a dataset, applied to every scan, reported."""
     coefficients = json.loads((root / "data/06_models/age_regression/bias_correction.json").read_text())
     assert coefficients["n"] == (predictions["source"] == "out_of_fold").sum()
@@ -110,21 +117,23 @@ def _assert_bias_corrected(root, predictions):
     expected = corrected["brain_age_gap"] - (coefficients["slope"] * corrected["chronological_age"] + coefficients["intercept"])
     np.testing.assert_allclose(corrected["corrected_brain_age_gap"], expected, atol=1e-6)
     summary = pd.read_csv(root / "data/08_reporting/age_regression/bias_correction_summary.csv")
-    assert set(zip(summary["source"], summary["correction"])) >= {("out_of_fold", "corrected"), ("fold_ensemble", "corrected")}
+    assert set(zip(summary["source"], summary["correction"])) >= {("out_of_fold", "corrected"), (test_source, "corrected")}
     report = (root / "data/08_reporting/age_regression/report.html").read_text()
     for section in ("Brain-age bias correction", "Subgroup metrics", "bootstrap intervals", "Quality control", "Split"):
         assert section in report
     assert report.count("data:image/png;base64,") >= 6 and "corrected_mean_error" in report
 
 
-@pytest.mark.parametrize("loss", ["mse", "kl_soft_bins"])
-def test_demo_cohort_age_regression_runs_end_to_end(kedro_project, loss):
+@pytest.mark.parametrize(("loss", "refit"), [("mse", False), ("kl_soft_bins", True)])
+def test_demo_cohort_age_regression_runs_end_to_end(kedro_project, loss, refit):
+    # the second run also refits on every training scan and averages shifted views at test time
+    options = {"refit": True, "test_time_shift_vox": 1} if refit else {}
     root = kedro_project(
         "age_regression",
         params={"cohort": {"demo": {"n_subjects": 14}}, "split": {"n_folds": 3},
-                "age_regression": {"training": {**FAST_TRAINING, "loss": {"name": loss}}}},
+                "age_regression": {"training": {**FAST_TRAINING, "loss": {"name": loss}, **options}}},
     )
-    metrics, model = _assert_complete_age_run(root, n_folds=3)
+    metrics, model = _assert_complete_age_run(root, n_folds=3, refit=refit)
     cohort = pd.read_csv(root / "data/01_raw/cohort_table.csv")
     assert cohort["synthetic"].all() and len(cohort) == 14
     # the saved model (the fold ensemble) predicts years on the stored volumes
@@ -135,6 +144,7 @@ def test_demo_cohort_age_regression_runs_end_to_end(kedro_project, loss):
     with torch.no_grad():
         out = model(torch.from_numpy(np.array(store.images[:2])))
     assert out.shape == (2, 1) and torch.isfinite(out).all() and len(model.members) == 3
+    assert (model.refit is not None) == refit
 
 
 @pytest.mark.ixi
