@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from neurokedro.io.volume_store import VolumeStore
 from neurokedro.pipelines.modelling.nodes import evaluate_model, stack_with_tissue_volumes
@@ -181,3 +182,70 @@ def test_the_predict_pipeline_feeds_the_segmentation_predictions_to_the_stacked_
 
     node = next(n for n in create_pipeline().nodes if n.name == "predict.predict_age_regression")
     assert "predict.tissue_segmentation_predictions" in node.inputs
+
+
+class _MarksVoxels(torch.nn.Module):
+    """A stand-in segmentation model: class probability 1 for GM on ``n`` voxels (whole columns
+    along the left-right axis, so the test-time flip keeps them), background elsewhere, whatever
+    the scan: each fold model's volume is recognisable."""
+
+    def __init__(self, n):
+        super().__init__()
+        assert n % GRID[0] == 0
+        self.n = n
+
+    def forward(self, x):
+        d, h, w = x.shape[2:]
+        gm = torch.zeros(h * w * d)
+        gm[:self.n] = 1.0
+        gm = gm.reshape(h, w, d).permute(2, 0, 1)  # (D, H, W): left-right symmetric columns
+        return torch.stack([1 - gm, torch.zeros_like(gm), gm, torch.zeros_like(gm)]).expand(x.shape[0], 4, d, h, w)
+
+
+def test_predicted_tissue_volumes_are_cross_fitted_a_fold_never_uses_a_segmentation_model_trained_on_it():
+    from neurokedro.training.module import FoldEnsemble
+    from neurokedro.training.stacking import cross_fitted_segmentation_volumes
+
+    store, table, _ = _cohort(n=20, unlabelled=())
+    train = table[table["split"] == "train"]
+    folds = sorted(train["fold"].unique())
+    trained_on = [train.loc[train["fold"] != k, "subject_id"].tolist() for k in folds]
+    members = [_MarksVoxels(n) for n in (16, 32, 48, 64)]
+    ensemble = FoldEnsemble(members, folds, trained_subjects=trained_on)
+    volumes = cross_fitted_segmentation_volumes(ensemble, store, table[["row", "subject_id"]], views={"flip_average": True})
+    gm = volumes.set_index("row")["volume_ml_GM"] / 0.008  # voxels
+    for record in table.to_dict("records"):
+        if record["split"] == "train":  # only the model validated on its own fold, never one trained on it
+            k = folds.index(record["fold"])
+            assert gm[record["row"]] == pytest.approx(members[k].n) and record["subject_id"] not in trained_on[k]
+        else:  # test scans: the mean of every fold model's probabilities (GM where 3 or 4 of them say so)
+            assert gm[record["row"]] == pytest.approx(32)
+    with pytest.raises(ValueError, match="trained on"):
+        cross_fitted_segmentation_volumes(FoldEnsemble(members, folds), store, table[["row", "subject_id"]])
+    # a subject every fold model was trained on gets no volumes rather than leaked ones
+    everyone = FoldEnsemble(members, folds, trained_subjects=[table["subject_id"].tolist()] * 4)
+    assert cross_fitted_segmentation_volumes(everyone, store, table.iloc[:2][["row", "subject_id"]]).drop(columns="row").isna().all().all()
+
+
+def test_training_scans_without_label_maps_are_stacked_with_the_segmentation_models_volumes():
+    from neurokedro.training.module import FoldEnsemble
+
+    store, table, folds = _cohort(unlabelled=(30, 31, 40))
+    train = table[table["split"] == "train"]
+    fold_ids = sorted(train["fold"].unique())
+    ensemble = FoldEnsemble([_MarksVoxels(200) for _ in fold_ids], fold_ids,
+                            trained_subjects=[train.loc[train["fold"] != k, "subject_id"].tolist() for k in fold_ids])
+    without = stack_with_tissue_volumes(table, folds, store, {"enabled": True}, "age_regression")[0]
+    assert (~without.set_index("row").loc[[30, 31, 40], "predicted_age_stacked"]).all()
+    predictions, _, model = stack_with_tissue_volumes(table, folds, store, {"enabled": True}, "age_regression", ensemble)
+    by_row = predictions.set_index("row")
+    assert by_row["predicted_age_stacked"].all() and model["tissue_volumes"] == "label_map"
+    assert (by_row.loc[[30, 31, 40], "tissue_volume_source"] == "segmentation_model").all()
+    assert (by_row.drop(index=[30, 31, 40])["tissue_volume_source"] == "label_map").all()
+    every = stack_with_tissue_volumes(table, folds, store, {"enabled": True, "tissue_volumes": "segmentation_model"},
+                                      "age_regression", ensemble)
+    assert (every[0]["tissue_volume_source"] == "segmentation_model").all() and every[2]["tissue_volumes"] == "segmentation_model"
+    with pytest.raises(ValueError, match="kedro run --pipeline tissue_segmentation"):
+        stack_with_tissue_volumes(table, folds, store, {"enabled": True, "tissue_volumes": "segmentation_model"}, "age_regression")
+    with pytest.raises(ValueError, match="unknown stacking option"):
+        stack_with_tissue_volumes(table, folds, store, {"enabled": True, "tissue_volume": "label_map"}, "age_regression")

@@ -141,17 +141,36 @@ class FoldEnsemble(MeanEnsemble):
         members: one model per fold (outputs in the target's unit).
         folds: the fold number of each member.
         refit: the refit model, or None (``forward`` averages the fold models).
+        trained_subjects: for each member, the subject ids it was trained on (so that another
+            pipeline can use it only on subjects it never saw: :meth:`members_not_trained_on`);
+            None when not recorded.
 
     Raises:
-        ValueError: unless there is one distinct fold number per member.
+        ValueError: unless there is one distinct fold number per member (and one subject list).
     """
 
-    def __init__(self, members: list[nn.Module], folds: list[int], refit: nn.Module | None = None) -> None:
+    def __init__(self, members: list[nn.Module], folds: list[int], refit: nn.Module | None = None,
+                 trained_subjects: list[list[str]] | None = None) -> None:
         super().__init__(members)
         if len(folds) != len(members) or len(set(folds)) != len(folds):
             raise ValueError(f"need one distinct fold number per member; got folds={folds} for {len(members)} members")
+        if trained_subjects is not None and len(trained_subjects) != len(members):
+            raise ValueError(f"need one list of trained subjects per member; got {len(trained_subjects)} for {len(members)}")
         self.folds = [int(f) for f in folds]
         self.refit = refit
+        self.trained_subjects = None if trained_subjects is None else [sorted(map(str, s)) for s in trained_subjects]
+
+    def members_not_trained_on(self, subject_id: str) -> list[nn.Module]:
+        """The fold models that never saw ``subject_id`` in training (the refit is never one).
+
+        Raises:
+            ValueError: if the ensemble was saved without its members' subjects.
+        """
+        trained = getattr(self, "trained_subjects", None)
+        if trained is None:
+            raise ValueError("this fold ensemble does not record which subjects each fold model was trained on "
+                             "(trained before that was recorded); train it again")
+        return [m for m, subjects in zip(self.members, trained, strict=True) if str(subject_id) not in set(subjects)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         refit = getattr(self, "refit", None)  # None in models saved before refits existed

@@ -87,31 +87,120 @@ def tissue_volumes_ml(volume_store: VolumeStore, rows: Sequence[int]) -> pd.Data
             labels = read_row(volume_store.labels, row)
             if not np.isfinite(affine).all() or (labels < 0).any() or not (labels > 0).any():
                 continue
-            counts = np.bincount(labels.ravel().astype(np.int64), minlength=len(TISSUE_CLASSES))
-            volumes[i] = counts[[k for k in TISSUE_CLASSES if k]] * voxel_volume_ml(affine)
+            volumes[i] = class_volumes_ml(labels, affine)
     return pd.DataFrame({"row": rows, **{f"volume_ml_{name}": volumes[:, j] for j, name in enumerate(names)}})
 
 
-def stacking_volumes(volume_store: VolumeStore, rows: np.ndarray,
-                     predicted: pd.DataFrame | None) -> tuple[pd.DataFrame, np.ndarray]:
-    """Each scan's CSF, GM and WM volumes for stacking: from its tissue label map, else from a
-    segmentation model's prediction.
+def class_volumes_ml(classes: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """(3,) float64 CSF, GM and WM volumes in mL of a tissue class map.
 
     Args:
-        volume_store: the new scans' store (label maps where the cohort brought them).
+        classes: int array ``(D, H, W)`` (any shape) of :data:`~neurokedro.imaging.tissue.TISSUE_CLASSES`
+            codes (0 background, 1 CSF, 2 GM, 3 WM).
+        affine: (4, 4) voxel -> mm affine of its grid.
+    """
+    counts = np.bincount(np.asarray(classes).ravel().astype(np.int64), minlength=len(TISSUE_CLASSES))
+    return counts[[k for k in TISSUE_CLASSES if k]] * voxel_volume_ml(affine)
+
+
+def segmentation_volumes_ml(probabilities: np.ndarray, affines: np.ndarray) -> pd.DataFrame:
+    """CSF, GM and WM volumes in mL of the argmax label maps of a segmentation model's output.
+
+    Args:
+        probabilities: float ``(N, K, D, H, W)`` class probabilities (K = 4 tissue classes).
+        affines: ``(N, 4, 4)`` affines of the scans' grids.
+
+    Returns:
+        N rows of ``volume_ml_CSF``, ``volume_ml_GM``, ``volume_ml_WM`` (float64, mL).
+    """
+    names = [name for k, name in TISSUE_CLASSES.items() if k]
+    volumes = [class_volumes_ml(np.argmax(p, axis=0), a) for p, a in zip(probabilities, affines, strict=True)]
+    return pd.DataFrame(np.reshape(volumes, (len(volumes), len(names))), columns=[f"volume_ml_{n}" for n in names])
+
+
+def cross_fitted_segmentation_volumes(
+    model: Any, volume_store: VolumeStore, scans: pd.DataFrame, batch_size: int = 4,
+    views: Mapping[str, Any] | None = None,
+) -> pd.DataFrame:
+    """Each scan's tissue volumes from the segmentation models that were never trained on it.
+
+    For a fold ensemble (:class:`~neurokedro.training.module.FoldEnsemble`, which records each
+    fold model's training subjects) a scan's class probabilities are the mean of the fold models
+    not trained on its subject: for a training scan of fold k the one model validated on fold
+    k, for a test or new scan every fold model. So a stack fitted on these volumes never sees
+    volumes measured by a model that learned that scan's label map (cross-fitting). Any other
+    model is used for every scan as it is.
+
+    Args:
+        model: the segmentation pipeline's model (class probabilities ``(B, K, D, H, W)``).
+        volume_store: the store the scans' rows point into.
+        scans: ``row`` and ``subject_id`` of the scans to measure.
+        batch_size: scans per forward pass.
+        views: :func:`~neurokedro.training.fit.predict`'s test-time options
+            (``flip_average``, ``shift_vox``).
+
+    Returns:
+        One row per scan: ``row`` and ``volume_ml_CSF/GM/WM`` (float64, mL; NaN for a subject
+        every fold model was trained on).
+
+    Raises:
+        ValueError: for a fold ensemble saved without its fold models' subjects.
+    """
+    from neurokedro.training.fit import predict
+    from neurokedro.training.module import FoldEnsemble
+
+    names = [f"volume_ml_{name}" for k, name in TISSUE_CLASSES.items() if k]
+    rows = scans["row"].to_numpy(int)
+    out = pd.DataFrame(np.nan, index=range(len(rows)), columns=names).assign(row=rows)[["row", *names]]
+    if isinstance(model, FoldEnsemble):
+        chosen = [tuple(id(m) for m in model.members_not_trained_on(s)) for s in scans["subject_id"].astype(str)]
+        members = {id(m): m for m in model.members}
+    else:
+        chosen, members = [(id(model),)] * len(rows), {id(model): model}
+    for group in set(chosen):
+        at = np.flatnonzero([c == group for c in chosen])
+        if not group:
+            continue
+        probabilities = sum(predict(members[i], volume_store.images, rows[at], batch_size, **dict(views or {}))
+                            for i in group) / len(group)
+        out.loc[at, names] = segmentation_volumes_ml(probabilities, volume_store.affines[rows[at]]).to_numpy()
+    return out
+
+
+#: Where stacking takes each scan's tissue volumes from (``stacking.tissue_volumes``).
+TISSUE_VOLUME_SOURCES = ("label_map", "segmentation_model")
+
+
+def stacking_volumes(volume_store: VolumeStore, rows: np.ndarray, predicted: pd.DataFrame | None,
+                     prefer: str = "label_map") -> tuple[pd.DataFrame, np.ndarray]:
+    """Each scan's CSF, GM and WM volumes for stacking: from its tissue label map, else from a
+    segmentation model's prediction (or, with ``prefer="segmentation_model"``, from the model's
+    prediction for every scan it measured).
+
+    Args:
+        volume_store: the scans' store (label maps where the cohort brought them).
         rows: (N,) store rows.
-        predicted: a segmentation task's
-            :func:`~neurokedro.pipelines.predict.nodes.predict_task` table (``row``,
-            ``volume_ml_CSF/GM/WM``), or None / an empty table.
+        predicted: a segmentation model's volumes (``row``, ``volume_ml_CSF/GM/WM``: the predict
+            pipeline's :func:`~neurokedro.pipelines.predict.nodes.predict_task` table, or
+            :func:`cross_fitted_segmentation_volumes` in training), or None / an empty table.
+        prefer: one of :data:`TISSUE_VOLUME_SOURCES`.
 
     Returns:
         ``(volumes, source)``: :func:`tissue_volumes_ml`'s table
         (NaN where neither exists) and an (N,) object array ``label_map``,
         ``segmentation_model`` or ``none``.
+
+    Raises:
+        ValueError: for an unknown ``prefer``.
     """
+    if prefer not in TISSUE_VOLUME_SOURCES:
+        raise ValueError(f"unknown stacking.tissue_volumes {prefer!r}; use one of {TISSUE_VOLUME_SOURCES}")
     volumes = tissue_volumes_ml(volume_store, rows)
     names = [c for c in volumes.columns if c != "row"]
-    from_labels = volumes[names].notna().all(axis=1).to_numpy()
+    from_labels = volumes[names].notna().all(axis=1).to_numpy(copy=True)
+    if prefer == "segmentation_model":
+        volumes.loc[:, names] = np.nan
+        from_labels = np.zeros(len(volumes), dtype=bool)
     source = np.where(from_labels, "label_map", "none").astype(object)
     if predicted is not None and set(names) <= set(predicted.columns):
         model = predicted.drop_duplicates("row").set_index("row").reindex(np.asarray(rows, int))[names]

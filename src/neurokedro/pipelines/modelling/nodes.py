@@ -16,7 +16,15 @@ from neurokedro.pipelines.data_engineering.nodes import assert_no_subject_leakag
 from neurokedro.tasks.base import Task, get_task
 from neurokedro.training.fit import fit, predict, refit_epochs, seed_everything, tta_options
 from neurokedro.training.module import FOLD_ENSEMBLE_ID, FoldEnsemble, MeanEnsemble
-from neurokedro.training.stacking import fit_stacking, stacking_columns, tissue_volumes_ml, volume_features
+from neurokedro.training.stacking import (
+    TISSUE_VOLUME_SOURCES,
+    cross_fitted_segmentation_volumes,
+    fit_stacking,
+    stacking_columns,
+    stacking_volumes,
+    tissue_volumes_ml,
+    volume_features,
+)
 from neurokedro.training.tracking import child_run, log_model
 from neurokedro.training.transfer import resolve_pretrained, transfer_encoder
 
@@ -187,9 +195,10 @@ def cross_validate(
     size = int(training.get("ensemble_size", 1))
     logger.info("%s: %d-fold cross-validation of %s%s on %d scans", task_name, len(folds), spec["name"],
                 f" (x{size} seeds per fold)" if size > 1 else "", len(cv))
-    fold_models, histories = [], []
+    fold_models, histories, trained_subjects = [], [], []
     for fold in folds:
         train, val = cv[cv["fold"] != fold], cv[cv["fold"] == fold]
+        trained_subjects.append(train["subject_id"].astype(str).unique().tolist())
         run_params = {"fold": fold, "n_train": len(train), "n_validation": len(val), "model": spec, "training": training}
         with child_run(f"fold_{fold}", run_params, tags={"fold": str(fold), "task": task_name}) as run_id:
             members = []
@@ -216,7 +225,7 @@ def cross_validate(
             if log_models:
                 log_model(fold_model, run_id)
         fold_models.append(fold_model)
-    return FoldEnsemble(fold_models, folds), pd.concat(histories, ignore_index=True)
+    return FoldEnsemble(fold_models, folds, trained_subjects=trained_subjects), pd.concat(histories, ignore_index=True)
 
 
 def describe_fit(task: Task, history: pd.DataFrame, training: Mapping[str, Any], name: str) -> str:
@@ -325,6 +334,7 @@ def stack_with_tissue_volumes(
     volume_store: VolumeStore,
     stacking: Mapping[str, Any] | None,
     task_name: str,
+    segmentation_model: nn.Module | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """Stack the network's predictions with a ridge model on tissue volumes (brain age).
 
@@ -340,8 +350,15 @@ def stack_with_tissue_volumes(
         network_predictions: from :func:`predict_scans` (out-of-fold and fold-ensemble rows).
         network_fold_predictions: from :func:`predict_scans` (each fold model on the test scans).
         volume_store: the preprocessed cohort, with tissue label maps.
-        stacking: the task's ``stacking`` parameters: ``enabled`` (bool).
+        stacking: the task's ``stacking`` parameters: ``enabled`` (bool) and ``tissue_volumes``
+            (``label_map``: each scan's label map, and for scans without one the segmentation
+            model's volumes; ``segmentation_model``: the model's volumes for every scan, as a
+            cohort without label maps gets them).
         task_name: registered task.
+        segmentation_model: the tissue segmentation pipeline's model (None until it is trained).
+            Its volumes are cross-fitted
+            (:func:`~neurokedro.training.stacking.cross_fitted_segmentation_volumes`): a scan is
+            measured only by fold models never trained on its subject, with the left-right flip.
 
     Returns:
         ``(predictions, fold_predictions, model)``. The tables gain ``network_<column>`` (the
@@ -354,16 +371,21 @@ def stack_with_tissue_volumes(
         to new scans.
 
     Raises:
-        ValueError: if stacking is enabled for a task without ``stacked_prediction``.
+        ValueError: if stacking is enabled for a task without ``stacked_prediction``, for an
+            unknown option or ``tissue_volumes``, or ``tissue_volumes: segmentation_model``
+            without a segmentation model.
     """
     task = get_task(task_name)
-    if not (stacking or {}).get("enabled", False):
+    options = stacking_options(stacking)
+    if not options["enabled"]:
         return network_predictions, network_fold_predictions, {"enabled": False, "reason": "stacking.enabled is false"}
     column = task.stacked_prediction
     if column is None:
         raise ValueError(f"{task_name}: stacking.enabled is true but the task has no stacked_prediction column; set it false")
     table = network_predictions.reset_index(drop=True)
-    features = volume_features(tissue_volumes_ml(volume_store, table["row"]))
+    volumes, source = _stacking_volumes(table, volume_store, options["tissue_volumes"], segmentation_model)
+    table = table.assign(tissue_volume_source=source)
+    features = volume_features(volumes)
     is_test = (table["split"] == "test").to_numpy()
     fold_tables = {int(k): part.set_index("row") for k, part in network_fold_predictions.groupby("model_fold")} \
         if not network_fold_predictions.empty else {}
@@ -390,7 +412,45 @@ def stack_with_tissue_volumes(
     summary = _stacking_summary(task, predictions, is_test & usable, ~is_test & usable)
     logger.info("%s stacking with tissue volumes (weights network %.2f, tissue volumes %.2f): %s", task_name,
                 model["meta"]["w_network"], model["meta"]["w_tissue_volumes"], {k: round(v, 3) for k, v in summary.items()})
-    return predictions, fold_predictions, {"enabled": True, "target": column, **model, "summary": summary}
+    return predictions, fold_predictions, {"enabled": True, "target": column, "tissue_volumes": options["tissue_volumes"],
+                                           **model, "summary": summary}
+
+
+def stacking_options(stacking: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The ``stacking`` parameters with their defaults (``enabled`` false, ``tissue_volumes``
+    ``label_map``).
+
+    Raises:
+        ValueError: for an unknown key or ``tissue_volumes``.
+    """
+    options = {"enabled": False, "tissue_volumes": "label_map"}
+    unknown = set(stacking or {}) - set(options)
+    if unknown:
+        raise ValueError(f"unknown stacking option(s) {sorted(unknown)}; known: {sorted(options)}")
+    options |= dict(stacking or {})
+    if options["tissue_volumes"] not in TISSUE_VOLUME_SOURCES:
+        raise ValueError(f"unknown stacking.tissue_volumes {options['tissue_volumes']!r}; use one of {TISSUE_VOLUME_SOURCES}")
+    return options
+
+
+def _stacking_volumes(table: pd.DataFrame, volume_store: VolumeStore, prefer: str,
+                      segmentation_model: nn.Module | None) -> tuple[pd.DataFrame, np.ndarray]:
+    """Each scan's tissue volumes and where they came from (label map, the segmentation model
+    cross-fitted, or none)."""
+    rows = table["row"].to_numpy(int)
+    if prefer == "segmentation_model":
+        if segmentation_model is None:
+            raise ValueError("stacking.tissue_volumes is segmentation_model, but no tissue segmentation model has been "
+                             "trained here: run `kedro run --pipeline tissue_segmentation` first (same --env)")
+        missing = np.ones(len(rows), dtype=bool)
+    else:
+        missing = tissue_volumes_ml(volume_store, rows).drop(columns="row").isna().any(axis=1).to_numpy(copy=True)
+    predicted = None
+    if missing.any() and segmentation_model is not None:
+        logger.info("tissue volumes of %d scan(s) from the segmentation model (cross-fitted)", int(missing.sum()))
+        predicted = cross_fitted_segmentation_volumes(segmentation_model, volume_store, table.loc[missing, ["row", "subject_id"]],
+                                                      views={"flip_average": True})
+    return stacking_volumes(volume_store, rows, predicted, prefer)
 
 
 def _restacked(task: Any, rows: pd.DataFrame, y: np.ndarray, volumes: np.ndarray, ok: np.ndarray) -> pd.DataFrame:

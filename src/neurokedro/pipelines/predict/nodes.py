@@ -19,12 +19,16 @@ from tqdm.auto import tqdm
 
 from neurokedro.cohorts.labels import as_text
 from neurokedro.evaluation.brain_age import corrected_gap
-from neurokedro.evaluation.segmentation import voxel_volume_ml
-from neurokedro.imaging.tissue import TISSUE_CLASSES
 from neurokedro.io.volume_store import VolumeStore
 from neurokedro.tasks.base import get_task
 from neurokedro.training.fit import predict, tta_options
-from neurokedro.training.stacking import apply_stacking, stacking_columns, stacking_volumes, volume_features
+from neurokedro.training.stacking import (
+    apply_stacking,
+    segmentation_volumes_ml,
+    stacking_columns,
+    stacking_volumes,
+    volume_features,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +129,7 @@ def predict_task(
     for start in tqdm(range(0, len(rows), batch), desc=f"predict {task_name}", unit="batch"):
         chunk = rows[start:start + batch]
         y = predict(model, volume_store.images, chunk, batch, **views)
-        outputs.append(_volumes(y, volume_store.affines[chunk]) if task.kind == "segmentation" else y)
+        outputs.append(segmentation_volumes_ml(y, volume_store.affines[chunk]) if task.kind == "segmentation" else y)
     if task.kind == "segmentation":
         described = pd.concat(outputs, ignore_index=True)
     elif task.kind in ("regression", "classification"):
@@ -156,7 +160,8 @@ def _stacked(network: np.ndarray, stacking: Mapping[str, Any], volume_store: Vol
     """The stacked predictions of the new scans and the columns that show their parts."""
     column = get_task(task_name).stacked_prediction
     network = np.asarray(network, float).ravel()
-    volumes, source = stacking_volumes(volume_store, rows, predicted_volumes)
+    # as in training: a stack fitted on the segmentation model's volumes takes them for every scan
+    volumes, source = stacking_volumes(volume_store, rows, predicted_volumes, stacking.get("tissue_volumes", "label_map"))
     stacked, ridge = apply_stacking(stacking, network, volume_features(volumes))
     ok = np.isfinite(ridge)
     if not ok.all():
@@ -166,16 +171,6 @@ def _stacked(network: np.ndarray, stacking: Mapping[str, Any], volume_store: Vol
                        column, column)
     return stacked, {**dict(zip(stacking_columns(column), (network, ridge, ok), strict=True)),
                      "tissue_volume_source": source}
-
-
-def _volumes(probabilities: np.ndarray, affines: np.ndarray) -> pd.DataFrame:
-    """Tissue volumes in mL of the argmax label maps of ``(n, K, D, H, W)`` probabilities."""
-    rows = []
-    for prob, affine in zip(probabilities, affines, strict=True):
-        classes = np.argmax(prob, axis=0)
-        voxel = voxel_volume_ml(affine)
-        rows.append({f"volume_ml_{name}": float((classes == k).sum() * voxel) for k, name in TISSUE_CLASSES.items() if k})
-    return pd.DataFrame(rows)
 
 
 def flag_out_of_distribution(new_scans: pd.DataFrame, training_scans: pd.DataFrame | None) -> pd.DataFrame:
