@@ -156,7 +156,8 @@ def main() -> None:
         r = run_in_copy(name, args.model, args.params, args.keep, name in args.rerun, shared)
         cv, test = r["cv"], r["test"]
         rerun = f"; rerun {r['rerun_s'] / 60:.1f} min" if "rerun_s" in r else ""
-        print(f"== {r['name']}: {r['wall_s']:.0f} s ({r['wall_s'] / 60:.1f} min{rerun}), {cv.index.str.fullmatch(r'\d+').sum()} folds, "
+        n_folds = int(cv.index.astype(str).str.isdigit().sum())
+        print(f"== {r['name']}: {r['wall_s']:.0f} s ({r['wall_s'] / 60:.1f} min{rerun}), {n_folds} folds, "
               f"{test['n']} test subjects")
         for metric in SHOWN[r["pipeline"]]:
             line = cv_line(metric, cv, test)
