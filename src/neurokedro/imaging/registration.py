@@ -71,6 +71,7 @@ import logging
 import os
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -554,7 +555,9 @@ def _register_brain(ants: Any, img: nib.spatialimages.SpatialImage, brain_mask: 
     img = reorient_to_ras(img)
     mask = reorient_to_ras(nib.Nifti1Image(np.asarray(brain_mask.dataobj, dtype=np.float32), brain_mask.affine))
     small = _downsample(nib.Nifti1Image(img.get_fdata(dtype=np.float32), img.affine), REGISTRATION_VOXEL_MM)
-    inside = resample_to_grid(mask, small.affine, small.shape, "linear").get_fdata(dtype=np.float32) > 0.5
+    with warnings.catch_warnings():  # on purpose: the fraction of each coarse voxel inside the mask, > 0.5
+        warnings.filterwarnings("ignore", message="Resampling binary images with continuous or linear")
+        inside = resample_to_grid(mask, small.affine, small.shape, "linear").get_fdata(dtype=np.float32) > 0.5
     if not inside.any():
         raise RegistrationError("the brain mask is empty: nothing to register")
     shrink = max(1, int(round(N4_FIT_SPACING_MM / float(_voxel_sizes(small).min()))))
