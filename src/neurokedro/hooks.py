@@ -1,5 +1,6 @@
-"""Project hooks: a local fallback for an unreachable tracking server, MLflow experiment per
-pipeline, no finished run left active after it, and a summary of the run at its end."""
+"""Project hooks: the run's parameters checked against their schemas before anything runs, a
+local fallback for an unreachable tracking server, MLflow experiment per pipeline, no finished
+run left active after it, and a summary of the run at its end."""
 
 from __future__ import annotations
 
@@ -20,6 +21,18 @@ logger = logging.getLogger(__name__)
 
 #: Seconds the tracking server has to answer the probe (``NEUROKEDRO_MLFLOW_PROBE_TIMEOUT`` overrides).
 PROBE_TIMEOUT_S = 5.0
+
+
+def _validate_parameters(context: Any) -> None:
+    """Check the run's parameters against :mod:`neurokedro.schemas`.
+
+    Raises:
+        neurokedro.schemas.ParameterError: naming every unknown, mistyped or out-of-range key.
+    """
+    from neurokedro import plugins
+    from neurokedro.schemas import validate_parameters
+
+    validate_parameters(context.params, plugins.names("tasks"))
 
 
 class NeuroKedroHooks:
@@ -47,6 +60,7 @@ class NeuroKedroHooks:
     # the server: set_experiment, with MLflow's minutes of retries) would run before this one.
     @hook_impl(tryfirst=True)
     def after_context_created(self, context: Any) -> None:
+        _validate_parameters(context)  # a bad parameter stops the run here, before any node
         try:
             _fall_back_if_tracking_server_unreachable(context)
         except Exception as exc:  # noqa: BLE001 - the check must never be what stops a run
