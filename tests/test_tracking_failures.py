@@ -73,7 +73,7 @@ def test_the_hook_switches_to_the_local_store_only_when_the_server_is_down(healt
 
     uri = health_server if up else f"http://127.0.0.1:{_free_port()}"
     conf = {"server": {"mlflow_tracking_uri": uri, "mlflow_registry_uri": uri}, "tracking": {"run": {"nested": True}}}
-    context = SimpleNamespace(project_path=tmp_path, config_loader={"mlflow": conf})
+    context = SimpleNamespace(project_path=tmp_path, config_loader={"mlflow": conf}, params={})
     NeuroKedroHooks().after_context_created(context)
     patched = context.config_loader["mlflow"]
     if up:
