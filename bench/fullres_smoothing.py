@@ -29,7 +29,7 @@ from neurokedro.pipelines.data_engineering.nodes import preprocess_scans
 from neurokedro.training.fit import predict
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-VERSION_KEYS = ("deepbet_version", "registration_code_version", "preprocessing_code_version")
+VERSION_KEYS = ("deepbet_version", "registration_code")  # recorded by the store, computed, not options
 
 
 def versions(scan: Path, two_mm: Path, fwhm: float) -> dict[str, nib.Nifti1Image]:
