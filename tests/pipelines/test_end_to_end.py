@@ -152,7 +152,7 @@ def test_ixi_age_regression_runs_end_to_end_on_real_mri(kedro_project, ixi_dir, 
     monkeypatch.setenv("NEUROKEDRO_IXI_DIR", str(ixi_dir))
     root = kedro_project("age_regression", env="ixi", params={"split": {"n_folds": 2},
                                                              "age_regression": {"training": FAST_TRAINING}})
-    metrics, _ = _assert_complete_age_run(root, n_folds=2)
+    metrics, _ = _assert_complete_age_run(root, n_folds=2, refit=True)  # conf/ixi refits on every training scan
     splits = pd.read_csv(root / "data/05_model_input/splits.csv")
     assert len(splits) == 149 and splits["subject_id"].nunique() == 149  # every IXI scan, 4 of them unlabelled
     predictions = pd.read_csv(root / "data/07_model_output/age_regression/predictions.csv")
