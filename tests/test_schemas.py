@@ -64,3 +64,11 @@ def test_a_bad_parameter_stops_kedro_run_before_the_first_node(kedro_project, tm
     with pytest.raises(ParameterError, match="did you mean 'preprocessing.voxel_size_mm'"):
         kedro_project("age_regression", params={"preprocessing": {"voxel_size": 2.0}})
     assert not (tmp_path / "project/data/01_raw/cohort_table.csv").exists()  # no node ran
+
+
+def test_the_preprocessing_schema_knows_every_option_the_code_reads():
+    from neurokedro.imaging.preprocess import DEFAULTS, REGISTRATION_DEFAULTS
+    from neurokedro.schemas import PreprocessingSchema
+
+    assert {*DEFAULTS, *REGISTRATION_DEFAULTS, "time_points", "dtype", "n_workers", "registration_seed"} <= set(
+        PreprocessingSchema.model_fields)

@@ -182,7 +182,7 @@ def preprocess_scan(
     else:
         affine = _grid_affine(mask, p)
     shape = tuple(int(s) for s in p["grid_shape"])
-    if _flag(p["anti_aliasing"], "anti_aliasing"):
+    if yes_no(p["anti_aliasing"], "anti_aliasing"):
         image = anti_alias(image, float(nib.affines.voxel_sizes(affine).min()))
     data = resample_to_grid(image, affine, shape, p["interpolation"]).get_fdata(dtype=np.float32)
     grid_mask = np.asarray(resample_to_grid(mask, affine, shape, "nearest").dataobj) > 0
@@ -198,8 +198,12 @@ def preprocess_scan(
     return PreprocessedVolume(image=data, affine=affine, label=grid_label)
 
 
-def _flag(value: Any, name: str) -> bool:
-    """A yes/no option read strictly: YAML's ``true``/``false`` only, so ``"no"`` is not True."""
+def yes_no(value: Any, name: str) -> bool:
+    """A yes/no option read strictly: YAML's ``true``/``false`` only, so ``"no"`` is not True.
+
+    Raises:
+        ValueError: naming ``preprocessing.<name>`` for anything but a boolean.
+    """
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     raise ValueError(f"preprocessing.{name} must be true or false, got {value!r}")

@@ -38,7 +38,7 @@ from neurokedro.imaging.brain_extraction import (
 from neurokedro.imaging.checks import grid_mismatch, image_findings
 from neurokedro.imaging.intensity import intensity_statistics
 from neurokedro.imaging.preprocess import DEFAULTS as PREPROCESSING_DEFAULTS
-from neurokedro.imaging.preprocess import REGISTRATION_DEFAULTS, preprocess_scan, registration_options
+from neurokedro.imaging.preprocess import preprocess_scan, registration_options, yes_no
 from neurokedro.imaging.spatial import reorient_to_ras
 from neurokedro.imaging.tissue import resample_tissue_classes
 from neurokedro.io.scan_formats import READABLE, scan_format
@@ -413,16 +413,13 @@ def _brain_info(brain: nib.spatialimages.SpatialImage | None, label: nib.spatial
     return info
 
 
-#: Options of ``preprocessing`` that are not volume settings of
-#: :data:`~neurokedro.imaging.preprocess.DEFAULTS` or
-#: :data:`~neurokedro.imaging.preprocess.REGISTRATION_DEFAULTS`.
-PREPROCESSING_RUN_OPTIONS = ("time_points", "dtype", "n_workers", "registration_seed")
-
-
 def _check_known_options(preprocessing: Mapping[str, Any]) -> None:
     """Raise ``ValueError`` naming a misspelt ``preprocessing`` option (and the closest known
-    one) instead of running with its default."""
-    known = sorted({*PREPROCESSING_DEFAULTS, *REGISTRATION_DEFAULTS, *PREPROCESSING_RUN_OPTIONS})
+    one) instead of running with its default; the known options are those of
+    :class:`~neurokedro.schemas.PreprocessingSchema`, which checks their values at a run's start."""
+    from neurokedro.schemas import PreprocessingSchema
+
+    known = sorted(PreprocessingSchema.model_fields)
     for key in preprocessing:
         if key not in known:
             close = difflib.get_close_matches(str(key), known, n=1)
@@ -452,8 +449,7 @@ def preprocessing_compute_params(preprocessing: Mapping[str, Any]) -> dict[str, 
     options = registration_options(preprocessing)
     _check_known_options(preprocessing)
     params = {k: p[k] for k in PREPROCESSING_DEFAULTS}
-    if not isinstance(params["anti_aliasing"], bool):
-        raise ValueError(f"preprocessing.anti_aliasing must be true or false, got {params['anti_aliasing']!r}")
+    params["anti_aliasing"] = yes_no(params["anti_aliasing"], "anti_aliasing")
     for key in ("registration", "bias_correction"):
         params[key] = options[key]
     if params["brain_extraction"] == "deepbet":
