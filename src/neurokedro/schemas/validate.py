@@ -14,13 +14,12 @@ A field left out of the YAML is not checked here (``None``): the code's own defa
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from neurokedro.schemas.base import ParameterError
+from neurokedro.schemas.base import ParameterError, describe_error
 from neurokedro.schemas.cohort import SplitSchema
 from neurokedro.schemas.preprocessing import PreprocessingSchema
 from neurokedro.schemas.stacking import StackingSchema
@@ -60,31 +59,7 @@ def validate_parameters(parameters: Mapping[str, Any], task_names: list[str] | N
         try:
             schema.model_validate(dict(block))
         except ValidationError as error:
-            problems += [_describe(path, schema, item) for item in error.errors()]
+            problems += [describe_error(path, schema, item) for item in error.errors()]
     if problems:
         raise ParameterError("invalid run parameters (conf/<env>/parameters*.yml or --params):\n  "
                              + "\n  ".join(problems))
-
-
-def _describe(path: tuple[str, ...], schema: type[BaseModel], item: Mapping[str, Any]) -> str:
-    """One line of :class:`ParameterError`: the key path, the value, what is wrong."""
-    loc = [str(part) for part in item["loc"]]
-    key = ".".join([*path, *loc])
-    if item["type"] == "extra_forbidden":
-        known = _fields_at(schema, loc[:-1])
-        close = difflib.get_close_matches(loc[-1], known, n=1)
-        hint = f"; did you mean {'.'.join([*path, *loc[:-1], close[0]])!r}?" if close else ""
-        return f"{key}: unknown key{hint} (known: {', '.join(known)})"
-    return f"{key} = {item.get('input')!r}: {item['msg']}"
-
-
-def _fields_at(schema: type[BaseModel], loc: list[str]) -> list[str]:
-    """The field names of the (nested) model at ``loc`` inside ``schema``."""
-    model: Any = schema
-    for part in loc:
-        annotation = model.model_fields[part].annotation
-        model = next((a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type)
-                      and issubclass(a, BaseModel)), None)
-        if model is None:
-            return []
-    return sorted(model.model_fields)
