@@ -1,14 +1,15 @@
 """Plugin registries for cohorts, models and tasks, filled from Python entry points.
 
-Three entry-point groups make NeuroKedro extensible without touching its code:
+Four entry-point groups make NeuroKedro extensible without touching its code:
 
-=====================  ==========================================================
-group                  a plugin is
-=====================  ==========================================================
-``neurokedro.cohorts`` a cohort adapter class (see :mod:`neurokedro.cohorts.base`)
-``neurokedro.models``  a factory ``(in_shape, out_size, **params) -> nn.Module``
-``neurokedro.tasks``   a :class:`neurokedro.tasks.base.Task` instance
-=====================  ==========================================================
+=============================  ==========================================================
+group                          a plugin is
+=============================  ==========================================================
+``neurokedro.cohorts``         a cohort adapter class (see :mod:`neurokedro.cohorts.base`)
+``neurokedro.models``          a factory ``(in_shape, out_size, **params) -> nn.Module``
+``neurokedro.tasks``           a :class:`neurokedro.tasks.base.Task` instance
+``neurokedro.report_items``    a :class:`neurokedro.pipelines.reporting.items.ReportItem`
+=============================  ==========================================================
 
 The project registers its own built-ins the same way, in its ``pyproject.toml``; another
 installed package adds to a group by declaring, e.g.::
@@ -30,6 +31,7 @@ GROUPS = {
     "cohorts": "neurokedro.cohorts",
     "models": "neurokedro.models",
     "tasks": "neurokedro.tasks",
+    "report_items": "neurokedro.report_items",
 }
 
 
@@ -61,10 +63,10 @@ def refresh() -> None:
 
 
 def names(kind: str) -> list[str]:
-    """Sorted names registered for ``kind`` (``"cohorts"``, ``"models"`` or ``"tasks"``).
+    """Sorted names registered for ``kind`` (a key of :data:`GROUPS`).
 
     Raises:
-        ValueError: if ``kind`` is not one of the three registries.
+        ValueError: if ``kind`` is not one of the registries of :data:`GROUPS`.
     """
     return sorted(_entry_points(_group(kind)))
 
@@ -73,7 +75,7 @@ def get(kind: str, name: str) -> Any:
     """Load the plugin ``name`` from the registry ``kind``.
 
     Args:
-        kind: ``"cohorts"``, ``"models"`` or ``"tasks"``.
+        kind: a key of :data:`GROUPS` (``"cohorts"``, ``"models"``, ``"tasks"``, ``"report_items"``).
         name: the entry-point name, e.g. ``"sfcn"``.
 
     Returns:

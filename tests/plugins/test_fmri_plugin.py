@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -135,4 +136,12 @@ def test_kedro_run_trains_on_the_synthetic_bold_cohort_with_runtime_params_over_
     assert np.isfinite(cv.loc["out_of_fold", "validation_mae"])
     print(f"CV (out-of-fold) MAE: {cv.loc['out_of_fold', 'validation_mae']:.2f} years")
     assert json.loads((root / "data/08_reporting" / TASK / "test_metrics.json").read_text())["n"] >= 1
-    assert "SYNTHETIC" in (root / "data/08_reporting" / TASK / "report.html").read_text().upper()
+    report = (root / "data/08_reporting" / TASK / "report.html").read_text()
+    assert "SYNTHETIC" in report.upper()
+    # the plugin's own report item (entry point neurokedro.report_items), with no change to the project
+    assert (root / "data/08_reporting" / TASK / "bold_signal.png").stat().st_size > 1000
+    assert "Global mean BOLD signal of test series" in report and "alt='bold_signal'" in report
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    parent = client.search_runs(client.get_experiment_by_name(TASK).experiment_id,
+                                filter_string="tags.`mlflow.parentRunId` IS NULL")[0]
+    assert f"{TASK}/plots/bold_signal.png" in {a.path for a in client.list_artifacts(parent.info.run_id, f"{TASK}/plots")}

@@ -13,6 +13,7 @@ from neurokedro import plugins
 from neurokedro.pipelines.data_engineering.pipeline import preparation_pipeline
 from neurokedro.pipelines.modelling.pipeline import bind_task
 from neurokedro.pipelines.predict import nodes
+from neurokedro.pipelines.reporting.items import report_items
 from neurokedro.tasks.base import get_task
 
 NAMESPACE = "predict"
@@ -34,7 +35,7 @@ def create_pipeline(**kwargs) -> Pipeline:
     predict_nodes = []
     for task_name in tasks:
         inputs = {"latest_model": f"{task_name}.model", "volume_store": "volume_store", "predict_params": "params:predict"}
-        if "bias_correction" in get_task(task_name).report_items:
+        if any("bias_correction" in item.report_inputs for item in report_items(task_name).values()):
             inputs["bias_correction"] = f"{task_name}.bias_correction"
         if get_task(task_name).stacked_prediction:
             inputs["stacking"] = f"{task_name}.stacking"

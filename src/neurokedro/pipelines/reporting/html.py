@@ -15,23 +15,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from neurokedro.pipelines.reporting.items import figure_titles
 from neurokedro.tasks.base import get_task
-
-#: Section titles of the figures, in report order (``<item>_plot`` inputs).
-FIGURE_TITLES = {
-    "predicted_vs_true": "Predicted vs true",
-    "bland_altman": "Bland–Altman",
-    "gap_vs_age": "Brain-age gap vs age, before and after bias correction",
-    "confusion_matrix": "Confusion matrix",
-    "roc_curve": "ROC curve",
-    "calibration": "Calibration (reliability) curve",
-    "subgroups": "Subgroup metrics",
-    "learning_curves": "Learning curves per fold",
-    "segmentation_overlays": "Segmentation overlays",
-    "reconstructions": "Reconstructions",
-    "sample_scans": "Sample test scans with true and predicted labels",
-    "saliency": "Saliency",
-}
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;
@@ -84,7 +69,8 @@ def build_report(
         bias_correction_summary: gap statistics before/after the correction.
         stacking: the stacking model of ``stack_with_tissue_volumes`` (tasks with a
             ``stacked_prediction``): weights and the network / tissue-volume / stacked metrics.
-        **figures: ``<item>_plot`` -> PNG bytes, shown in :data:`FIGURE_TITLES` order.
+        **figures: ``<item>_plot`` -> PNG bytes, shown in the order and under the titles of the task's
+            report items (:func:`~neurokedro.pipelines.reporting.items.figure_titles`), then the subgroup chart.
 
     Returns:
         The HTML document (UTF-8 text, images as base64 ``data:`` URIs).
@@ -108,9 +94,10 @@ def build_report(
     if bias_correction is not None:
         parts += _section("Brain-age bias correction", _bias(bias_correction, bias_correction_summary))
     parts += _section("Subgroup metrics (fairness)", _subgroups(subgroups))
-    shown = [(item, figures[f"{item}_plot"]) for item in FIGURE_TITLES if f"{item}_plot" in figures]
+    titles = figure_titles(task_name) | {"subgroups": "Subgroup metrics"}
+    shown = [(item, figures[f"{item}_plot"]) for item in titles if f"{item}_plot" in figures]
     parts += _section("Figures", "".join(
-        f"<figure><figcaption>{_e(FIGURE_TITLES[item])}</figcaption>"
+        f"<figure><figcaption>{_e(titles[item])}</figcaption>"
         f"<img alt='{_e(item)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'></figure>"
         for item, png in shown))
     parts += _section("Model and parameters", "<pre>" + _e(json.dumps({"model": model, "training": training},
