@@ -49,3 +49,27 @@ def test_an_entry_point_that_is_not_a_report_item_is_refused(monkeypatch):
     monkeypatch.setattr(plugins, "get", lambda kind, name: object())
     with pytest.raises(TypeError, match="not a ReportItem"):
         get_report_item("anything")
+
+
+def test_figures_read_the_columns_the_task_declares_not_names_they_guess(monkeypatch):
+    """A regression task whose predictions are called ``measured``/``estimated`` (no
+    ``predicted_age`` to recognise) gets its figures from its declared column roles."""
+    import numpy as np
+    import pandas as pd
+
+    from neurokedro.pipelines.reporting import nodes
+    from neurokedro.tasks.base import PredictionColumns
+
+    task = dataclasses.replace(get_task("age_regression"), name="grip_strength", target_unit="kg",
+                               columns=PredictionColumns(true="measured", predicted="estimated"))
+    monkeypatch.setattr(nodes, "get_task", lambda name: task)
+    rng = np.random.default_rng(1)
+    measured = rng.uniform(20, 60, 12)
+    predictions = pd.DataFrame({"measured": measured, "estimated": measured + rng.normal(0, 3, 12),
+                                "split": ["test"] * 6 + ["train"] * 6, "source": ["fold_ensemble"] * 6 + ["out_of_fold"] * 6})
+    fig = nodes.plot_predicted_vs_true(predictions, {"mae": 2.5}, task_name="grip_strength")
+    assert fig.axes[0].get_xlabel() == "measured (kg)" and fig.axes[0].get_ylabel() == "estimated (kg)"
+    fig = nodes.plot_bland_altman(predictions, task_name="grip_strength")
+    assert fig.axes[0].get_ylabel() == "predicted − true (kg)"  # no "brain-age gap": the task declares none
+    with pytest.raises(ValueError, match="declares no probability column"):
+        nodes.plot_roc_curve(predictions, {"roc_auc": 0.5}, task_name="grip_strength")

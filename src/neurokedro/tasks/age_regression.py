@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from neurokedro.evaluation.regression import regression_metrics
-from neurokedro.tasks.base import Task, target_scaling
+from neurokedro.tasks.base import PredictionColumns, Task, target_scaling
 
 
 #: ``training.loss.name`` values of brain age.
@@ -168,4 +168,5 @@ AGE_REGRESSION = Task(
     subgroup_metrics=("mae", "mean_error"),
     accepts_pretrained=True,
     stacked_prediction="predicted_age",
+    columns=PredictionColumns(true="chronological_age", predicted="predicted_age", difference="brain-age gap"),
 )

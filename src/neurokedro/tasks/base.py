@@ -22,6 +22,28 @@ TargetSource = Literal["table", "label_map", "image"]
 
 
 @dataclass(frozen=True)
+class PredictionColumns:
+    """The roles of the columns of a task's per-scan predictions (its ``describe_predictions``),
+    declared by the task so that reports never guess them from column names.
+
+    Attributes:
+        true: the reference value in the target's unit (``chronological_age``; ``true_label``
+            for a classifier: 0/1).
+        predicted: the prediction in the target's unit (``predicted_age``; ``predicted_label``).
+        probability: a binary classifier's probability of the positive class
+            (``probability_female``); None for other tasks.
+        class_names: a binary classifier's ``(negative, positive)`` class names (``("M", "F")``).
+        difference: what ``predicted - true`` is called in the field (``brain-age gap``), or "".
+    """
+
+    true: str = "y_true"
+    predicted: str = "y_pred"
+    probability: str | None = None
+    class_names: tuple[str, str] = ("negative (0)", "positive (1)")
+    difference: str = ""
+
+
+@dataclass(frozen=True)
 class Task:
     """A learning task on the volume store.
 
@@ -50,9 +72,10 @@ class Task:
         headline_metric: validation metric (``val_<name>``) for early stopping and checkpoints;
             ``"loss"`` uses the validation loss.
         headline_mode: ``"min"`` or ``"max"`` for the headline metric.
-        report_items: figures and outputs of the reporting pipeline for this task
+        report_items: the registered report items (:mod:`neurokedro.pipelines.reporting.items`,
+            entry-point group ``neurokedro.report_items``) of this task's report, in report order
             (``predicted_vs_true``, ``learning_curves``, ``confusion_matrix``, ``roc_curve``,
-            ``segmentation_overlays``, ``reconstructions``).
+            ``segmentation_overlays``, ``reconstructions``, or a plugin's).
         target_source: where a sample's target comes from: ``"table"`` (one value per scan,
             the ``target`` column), ``"label_map"`` (the store's label map, voxel-wise) or
             ``"image"`` (the scan itself, for reconstruction).
@@ -76,6 +99,8 @@ class Task:
             a task shipped in a package that cannot add files to the project's ``conf/``.
             :class:`neurokedro.config.TaskDefaultsConfigLoader` merges them beneath the
             project's parameters: ``conf/`` and ``--params`` override them key by key.
+        columns: the roles of the prediction columns (:class:`PredictionColumns`), read by the
+            report's figures.
         loss_out_size: ``training.loss`` parameters -> the network's number of outputs, for a
             loss that sets it (brain age's ``kl_soft_bins``: one logit per age bin); such a loss
             has a ``readout`` buffer (K,) that the output head averages the softmax over. None:
@@ -104,6 +129,7 @@ class Task:
     stacked_prediction: str | None = None
     default_parameters: Mapping[str, Any] = field(default_factory=dict, compare=False)
     loss_out_size: Callable[[Mapping[str, Any]], int] | None = None
+    columns: PredictionColumns = field(default_factory=PredictionColumns)
 
     def network_out_size(self, loss_params: Mapping[str, Any] | None) -> int:
         """Outputs of the task's network under ``training.loss``: :attr:`out_size`, unless the

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from neurokedro.evaluation.classification import binary_classification_metrics
-from neurokedro.tasks.base import Task
+from neurokedro.tasks.base import PredictionColumns, Task
 
 #: Labels of the encoded ``sex`` column (see ``neurokedro.cohorts.labels``); F is the positive class.
 CLASS_NAMES = {0: "M", 1: "F"}
@@ -99,6 +99,8 @@ SEX_CLASSIFICATION = Task(
     target_unit="probability of female",
     headline_metric="loss",
     headline_mode="min",
+    columns=PredictionColumns(true="true_label", predicted="predicted_label", probability="probability_female",
+                              class_names=(CLASS_NAMES[0], CLASS_NAMES[1])),
     report_items=("confusion_matrix", "roc_curve", "calibration", "learning_curves", "sample_scans", "saliency"),
     report_metrics=("accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision", "f1", "roc_auc"),
     subgroup_metrics=("accuracy", "roc_auc"),

@@ -43,7 +43,7 @@ def plot_predicted_vs_true(predictions: pd.DataFrame, metrics: Mapping[str, floa
         A matplotlib figure (test scans emphasised, out-of-fold predictions fainter).
     """
     task = get_task(task_name)
-    true_col, pred_col = _true_pred_columns(predictions)
+    true_col, pred_col = _true_pred_columns(task_name)
     fig, ax = plt.subplots(figsize=(5.5, 5.5), layout="constrained")
     sources = predictions["source"] if "source" in predictions else pd.Series("model", index=predictions.index)
     for source, (label, colour, alpha) in SOURCE_STYLE.items():
@@ -64,10 +64,22 @@ def plot_predicted_vs_true(predictions: pd.DataFrame, metrics: Mapping[str, floa
     return fig
 
 
-def _true_pred_columns(predictions: pd.DataFrame) -> tuple[str, str]:
-    if {"chronological_age", "predicted_age"} <= set(predictions.columns):
-        return "chronological_age", "predicted_age"
-    return "y_true", "y_pred"
+def _true_pred_columns(task_name: str) -> tuple[str, str]:
+    """The task's declared true and predicted columns (:class:`~neurokedro.tasks.base.PredictionColumns`)."""
+    columns = get_task(task_name).columns
+    return columns.true, columns.predicted
+
+
+def _probability_column(task_name: str) -> str:
+    """The task's probability-of-the-positive-class column.
+
+    Raises:
+        ValueError: for a task that declares none (not a binary classifier).
+    """
+    probability = get_task(task_name).columns.probability
+    if probability is None:
+        raise ValueError(f"task {task_name!r} declares no probability column (Task.columns.probability)")
+    return probability
 
 
 def plot_learning_curves(training_history: pd.DataFrame, task_name: str) -> Figure:
@@ -175,7 +187,7 @@ def plot_confusion_matrix(metrics: Mapping[str, float], task_name: str) -> Figur
         metrics: test metrics with ``tn, fp, fn, tp`` and ``threshold``.
         task_name: registered classification task (rows: true class, columns: predicted).
     """
-    names = ["M", "F"] if task_name == "sex_classification" else ["negative (0)", "positive (1)"]
+    names = list(get_task(task_name).columns.class_names)
     matrix = np.array([[metrics["tn"], metrics["fp"]], [metrics["fn"], metrics["tp"]]], dtype=float)
     fig, ax = plt.subplots(figsize=(4.5, 4), layout="constrained")
     ax.imshow(matrix, cmap="Blues")
@@ -206,7 +218,7 @@ def plot_roc_curve(predictions: pd.DataFrame, metrics: Mapping[str, float], task
     from sklearn.metrics import auc as area_under_curve
     from sklearn.metrics import roc_curve
 
-    probability = next(c for c in predictions.columns if c.startswith("probability_"))
+    probability = _probability_column(task_name)
     fig, ax = plt.subplots(figsize=(4.8, 4.5), layout="constrained")
     sources = predictions["source"] if "source" in predictions else pd.Series("model", index=predictions.index)
     for source, (label, colour, _) in SOURCE_STYLE.items():
@@ -234,7 +246,7 @@ def plot_bland_altman(predictions: pd.DataFrame, task_name: str) -> Figure:
         task_name: registered regression task (for the unit).
     """
     task = get_task(task_name)
-    true_col, pred_col = _true_pred_columns(predictions)
+    true_col, pred_col = _true_pred_columns(task_name)
     test = predictions[predictions["split"] == "test"]
     true, pred = test[true_col].to_numpy(float), test[pred_col].to_numpy(float)
     mean, difference = (true + pred) / 2, pred - true
@@ -249,7 +261,8 @@ def plot_bland_altman(predictions: pd.DataFrame, task_name: str) -> Figure:
     ax.text(ax.get_xlim()[1], bias - 1.96 * sd, " −1.96 sd", va="top", ha="right", fontsize=8)
     unit = f" ({task.target_unit})" if task.target_unit else ""
     ax.set_xlabel(f"mean of predicted and true{unit}")
-    ax.set_ylabel(f"predicted − true{unit}" + (" = brain-age gap" if true_col == "chronological_age" else ""))
+    difference = task.columns.difference
+    ax.set_ylabel(f"predicted − true{unit}" + (f" = {difference}" if difference else ""))
     ax.set_title(f"{task_name} — Bland–Altman, test set (limits of agreement {bias - 1.96 * sd:+.1f} to {bias + 1.96 * sd:+.1f})",
                  fontsize=9)
     ax.legend(fontsize=8)
@@ -301,7 +314,7 @@ def plot_calibration(predictions: pd.DataFrame, reporting: Mapping[str, Any], ta
     from sklearn.calibration import calibration_curve
     from sklearn.metrics import brier_score_loss
 
-    probability = next(c for c in predictions.columns if c.startswith("probability_"))
+    probability = _probability_column(task_name)
     bins = int((reporting or {}).get("calibration_bins", 5))
     fig, ax = plt.subplots(figsize=(4.8, 4.5), layout="constrained")
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfectly calibrated")

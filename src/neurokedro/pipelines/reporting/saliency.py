@@ -21,7 +21,7 @@ from torch import nn  # noqa: E402
 from neurokedro.evaluation.saliency import saliency_map  # noqa: E402
 from neurokedro.io.volume_store import VolumeStore  # noqa: E402
 from neurokedro.pipelines.reporting.images import test_scans  # noqa: E402
-from neurokedro.tasks.base import get_task  # noqa: E402
+from neurokedro.tasks.base import Task, get_task  # noqa: E402
 
 #: Keys of the ``saliency`` parameters read here; every other key is an option of the method
 #: (see :data:`neurokedro.evaluation.saliency.SALIENCY_METHODS`).
@@ -159,29 +159,28 @@ def plot_saliency(
     return plot_saliency_image(image, volume_store, task_scans, saliency, task_name)
 
 
-def _regression_titles(test: pd.DataFrame) -> list[tuple[str, str | None]]:
-    if {"chronological_age", "predicted_age"} <= set(test.columns):
-        return [(f"age {t:.1f} → pred {p:.1f} (gap {p - t:+.1f} y)", None)
-                for t, p in zip(test["chronological_age"].astype(float), test["predicted_age"].astype(float), strict=True)]
-    if {"y_true", "y_pred"} <= set(test.columns):
-        return [(f"true {t:.3g} → pred {p:.3g} ({p - t:+.3g})", None)
-                for t, p in zip(test["y_true"].astype(float), test["y_pred"].astype(float), strict=True)]
-    raise ValueError("regression predictions need columns chronological_age and predicted_age (or y_true and "
-                     f"y_pred); got {list(test.columns)}")
+def _regression_titles(test: pd.DataFrame, task: Task) -> list[tuple[str, str | None]]:
+    true, predicted = task.columns.true, task.columns.predicted
+    if not {true, predicted} <= set(test.columns):
+        raise ValueError(f"{task.name} predictions need the columns {true} and {predicted} (Task.columns); "
+                         f"got {list(test.columns)}")
+    pairs = zip(test[true].astype(float), test[predicted].astype(float), strict=True)
+    if task.columns.difference:  # brain age: "age 45.2 → pred 51.0 (gap +5.8 y)"
+        unit = f" {task.target_unit[0]}" if task.target_unit else ""
+        return [(f"{task.target} {t:.1f} → pred {p:.1f} (gap {p - t:+.1f}{unit})", None) for t, p in pairs]
+    return [(f"true {t:.3g} → pred {p:.3g} ({p - t:+.3g})", None) for t, p in pairs]
 
 
-def _classification_titles(test: pd.DataFrame) -> list[tuple[str, str | None]]:
-    probability = next((c for c in test.columns if str(c).startswith("probability_")), None)
-    if "true_label" not in test or probability is None:
-        raise ValueError("classification predictions need columns true_label and a probability_<class> column "
-                         f"(e.g. probability_female); got {list(test.columns)}")
+def _classification_titles(test: pd.DataFrame, task: Task) -> list[tuple[str, str | None]]:
+    probability = task.columns.probability
+    if probability is None or not {"true_label", probability} <= set(test.columns):
+        raise ValueError(f"{task.name} predictions need the columns true_label and its probability column "
+                         f"(Task.columns.probability = {probability!r}); got {list(test.columns)}")
     prob = test[probability].astype(float)
     threshold = test["threshold"].astype(float) if "threshold" in test else 0.5
     predicted = test["predicted_label"] if "predicted_label" in test else (prob >= threshold).astype(int)
-    if probability == "probability_female":  # sex: 1 = F (the positive class), 0 = M
-        positive, names = "F", {1: "F", 0: "M"}
-    else:
-        positive, names = probability[len("probability_"):], {}
+    names = dict(enumerate(task.columns.class_names))
+    positive = task.columns.class_names[1]
 
     def name(label: Any) -> str:
         return "?" if pd.isna(label) else names.get(int(label), str(int(label)))
@@ -223,7 +222,7 @@ def plot_sample_scans(predictions: pd.DataFrame, volume_store: VolumeStore, task
     test = test_scans(predictions, max(int(n), 1))
     if test.empty:
         raise ValueError("no test scans (split == 'test') in the predictions")
-    titles = _regression_titles(test) if task.kind == "regression" else _classification_titles(test)
+    titles = _regression_titles(test, task) if task.kind == "regression" else _classification_titles(test, task)
     n_rows = 1 if len(test) == 1 else 2
     n_cols = -(-len(test) // n_rows)
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.6 * n_cols, 2.9 * n_rows), squeeze=False, layout="constrained")
