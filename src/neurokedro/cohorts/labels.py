@@ -16,16 +16,7 @@ import pandas as pd
 #: Encoding of sex used throughout NeuroKedro (the positive class of sex classification is F).
 SEX_CODES: dict[str, int] = {"M": 0, "F": 1}
 
-DEFAULT_SEX_MAPPING: dict[str, str] = {
-    "m": "M",
-    "male": "M",
-    "man": "M",
-    "1": "M",
-    "f": "F",
-    "female": "F",
-    "woman": "F",
-    "2": "F",
-}
+from neurokedro.schemas.labels import DEFAULT_SEX_MAPPING  # noqa: E402  (the labels schema's default)
 
 _RANGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*[-–]\s*(\d+(?:\.\d+)?)\s*$")
 _OPEN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*\+\s*$")

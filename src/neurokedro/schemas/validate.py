@@ -21,14 +21,26 @@ from pydantic import BaseModel, ValidationError
 
 from neurokedro.schemas.base import ParameterError, describe_error
 from neurokedro.schemas.cohort import SplitSchema
+from neurokedro.schemas.evaluation import EvaluationSchema
+from neurokedro.schemas.labels import LabelsSchema
+from neurokedro.schemas.plugin_options import check_named_blocks
+from neurokedro.schemas.predict import PredictSchema
 from neurokedro.schemas.preprocessing import PreprocessingSchema
+from neurokedro.schemas.reporting import ReportingSchema
+from neurokedro.schemas.search import SearchSchema
 from neurokedro.schemas.stacking import StackingSchema
 from neurokedro.schemas.training import TrainingSchema
 
 #: Blocks checked at the top level of the parameters and under each task.
-TOP_LEVEL: dict[str, type[BaseModel]] = {"preprocessing": PreprocessingSchema, "split": SplitSchema}
+TOP_LEVEL: dict[str, type[BaseModel]] = {
+    "preprocessing": PreprocessingSchema, "split": SplitSchema, "labels": LabelsSchema, "reporting": ReportingSchema,
+    "search": SearchSchema, "predict": PredictSchema}
 PER_TASK: dict[str, type[BaseModel]] = {"training": TrainingSchema, "stacking": StackingSchema,
+                                        "evaluation": EvaluationSchema,
                                         "preprocessing": PreprocessingSchema, "split": SplitSchema}
+#: ``{name: <chosen>, <plugin>: {options}}`` blocks: (key path, registry, leading non-option arguments).
+NAMED_BLOCKS = (("cohort",), "cohorts", 0), (("predict", "cohort"), "cohorts", 0)
+PER_TASK_NAMED = ("model", "models", 2), ("cohort", "cohorts", 0)
 
 
 def validate_parameters(parameters: Mapping[str, Any], task_names: list[str] | None = None) -> None:
@@ -60,6 +72,26 @@ def validate_parameters(parameters: Mapping[str, Any], task_names: list[str] | N
             schema.model_validate(dict(block))
         except ValidationError as error:
             problems += [describe_error(path, schema, item) for item in error.errors()]
+    problems += _named_block_problems(parameters, tasks)
     if problems:
         raise ParameterError("invalid run parameters (conf/<env>/parameters*.yml or --params):\n  "
                              + "\n  ".join(problems))
+
+
+def _named_block_problems(parameters: Mapping[str, Any], tasks: list[str]) -> list[str]:
+    """Problems of the cohort and model blocks: each option block names a registered plugin and
+    holds options its signature (or declared schema) accepts."""
+    blocks = [(path, kind, skip) for path, kind, skip in NAMED_BLOCKS]
+    blocks += [((task, key), kind, skip) for task in tasks for key, kind, skip in PER_TASK_NAMED]
+    problems = []
+    for path, kind, skip in blocks:
+        block: Any = parameters
+        for part in path:
+            block = block.get(part) if isinstance(block, Mapping) else None
+        if block is None:
+            continue
+        if not isinstance(block, Mapping):
+            problems.append(f"{'.'.join(path)}: expected a mapping of options, got {block!r}")
+        else:
+            problems += check_named_blocks(path, block, kind, skip)
+    return problems
