@@ -68,11 +68,11 @@ def predict(work: Path, name: str, cohort: dict, overrides: list[str]) -> tuple[
 
 def preprocessing_mismatches(trained: Path, overrides: list[str]) -> list[str]:
     """The ``preprocessing.<key>=<value>`` overrides whose value differs from the trained volume
-    store's (``03_primary/volume_store/meta.json``; a key it lacks has the code's default)."""
-    from neurokedro.imaging.preprocess import DEFAULTS, REGISTRATION_DEFAULTS
+    store's (``03_primary/volume_store/meta.json``; a key it lacks has the schema's default)."""
+    from neurokedro.schemas import PreprocessingSchema
 
     meta = json.loads((trained / "03_primary" / "volume_store" / "meta.json").read_text())
-    used = {**DEFAULTS, **REGISTRATION_DEFAULTS, **meta["meta"]["preprocessing"]}
+    used = {**PreprocessingSchema().model_dump(), **meta["meta"]["preprocessing"]}
     found = []
     for override in overrides:
         key, _, value = override.partition("=")

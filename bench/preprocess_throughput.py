@@ -34,7 +34,7 @@ configurations, then all again) so that slow drifts of the machine hit every con
 Prints one row per configuration: volumes (preprocessed ok / in the cohort), the seconds of each
 step, the total wall, and volumes/s overall and of the check and preprocess+write steps alone.
 Registration (ANTs) is measured only when ``registration`` is one of the preprocessing parameters
-(``neurokedro.imaging.preprocess.DEFAULTS``); otherwise a row says it is not available.
+(``neurokedro.schemas.PreprocessingSchema``); otherwise a row says it is not available.
 
 Target (issue 8, "Performance and scale"): >= 20 volumes/s on the 2 mm set on 2 cores. The last
 line gives the overall volumes/s on the 2 mm set with 2 workers against it.
@@ -160,7 +160,7 @@ def main() -> None:
     args = parser.parse_args()
     logging_quiet()
 
-    from neurokedro.imaging.preprocess import DEFAULTS
+    from neurokedro.schemas import PreprocessingSchema
 
     params = project_parameters("ixi")
     # The 2 mm set is found through NEUROKEDRO_IXI_DIR (data_root is relative to the project
@@ -171,7 +171,7 @@ def main() -> None:
     limit = {"2mm": 20, "fullres": 3} if args.quick else {}
     if args.scans:
         limit = dict.fromkeys(sets, args.scans)
-    registration_available = "registration" in DEFAULTS
+    registration_available = "registration" in PreprocessingSchema.model_fields
     variants: list[tuple[str, Any]] = [("no", None)]
     if args.registration is not None and registration_available:
         variants.append(("yes", yaml.safe_load(args.registration)))

@@ -30,6 +30,21 @@ BAD = [
     ("tissue_segmentation.training.augmentation", "flip_prob", 1.5, "less than or equal to 1"),
     ("age_regression.stacking", "tissue_volumes", "dlmuse", "'label_map' or 'segmentation_model'"),
     ("age_regression.stacking", "enable", True, "did you mean 'age_regression.stacking.enabled'"),
+    ("age_regression.evaluation", "treshold", 0.3, "did you mean 'age_regression.evaluation.threshold'"),
+    ("sex_classification.evaluation", "threshold", 1.2, "less than or equal to 1"),
+    ("age_regression.model", "sfnc", {}, "did you mean 'age_regression.model.sfcn'"),
+    ("age_regression.model.sfcn", "dropot", 0.1, "did you mean 'age_regression.model.sfcn.dropout'"),
+    ("cohort", "dmo", {}, "did you mean 'cohort.demo'"),
+    ("cohort.demo", "n_subject", 3, "did you mean 'cohort.demo.n_subjects'"),
+    ("labels.age", "max", -1.0, "greater than 0"),
+    ("labels", "sex_mapping", {"m": "male"}, "'M' or 'F'"),
+    ("reporting.bootstrap", "confidence", 1.5, "less than 1"),
+    ("reporting.saliency", "method", "gradcam", "'vanilla_grad', 'smooth_grad' or 'occlusion'"),
+    ("reporting", "calibration_bin", 5, "did you mean 'reporting.calibration_bins'"),
+    ("search", "n_trial", 3, "did you mean 'search.n_trials'"),
+    ("search.space", "training.optimiser.lr", {"type": "loguniform"}, "'choice', 'uniform', 'log_uniform' or 'int'"),
+    ("predict", "batch_size", 0, "greater than or equal to 1"),
+    ("predict.cohort.folder", "patern", "*", "did you mean 'predict.cohort.folder.pattern'"),
 ]
 
 
@@ -67,8 +82,8 @@ def test_a_bad_parameter_stops_kedro_run_before_the_first_node(kedro_project, tm
 
 
 def test_the_preprocessing_schema_knows_every_option_the_code_reads():
-    from neurokedro.imaging.preprocess import DEFAULTS, REGISTRATION_DEFAULTS
+    from neurokedro.imaging.runner import VOLUME_OPTIONS
     from neurokedro.schemas import PreprocessingSchema
 
-    assert {*DEFAULTS, *REGISTRATION_DEFAULTS, "time_points", "dtype", "n_workers", "registration_seed"} <= set(
-        PreprocessingSchema.model_fields)
+    assert {*VOLUME_OPTIONS, "registration_qc_min_correlation", "time_points", "dtype", "n_workers",
+            "registration_seed"} <= set(PreprocessingSchema.model_fields)

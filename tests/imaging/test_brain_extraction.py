@@ -13,6 +13,7 @@ import pytest
 from conftest import make_head
 
 from neurokedro.imaging import brain_extraction as B
+from neurokedro.imaging import runner
 from neurokedro.imaging.preprocess import preprocess_scan
 from neurokedro.pipelines.data_engineering import nodes
 from neurokedro.testing import FAST_PREPROCESSING
@@ -77,8 +78,8 @@ def test_the_old_mask_key_is_refused_with_its_new_name(tmp_path):
     image, label = make_head()
     with pytest.raises(ValueError, match="preprocessing.mask .* is now preprocessing.brain_extraction"):
         preprocess_scan(image, label, {**FAST_PREPROCESSING, "mask": "label"})
-    with pytest.raises(ValueError, match="unknown preprocessing.brain_extraction 'bet'"):
-        nodes.preprocessing_compute_params({**FAST_PREPROCESSING, "brain_extraction": "bet"})
+    with pytest.raises(ValueError, match="preprocessing.brain_extraction = 'bet': Input should be 'deepbet'"):
+        runner.preprocessing_compute_params({**FAST_PREPROCESSING, "brain_extraction": "bet"})
 
 
 def test_the_brain_extraction_method_is_part_of_each_scans_cache_key(tmp_path):
@@ -86,10 +87,10 @@ def test_the_brain_extraction_method_is_part_of_each_scans_cache_key(tmp_path):
     nib.save(image, tmp_path / "t1.nii.gz")
     nib.save(label, tmp_path / "seg.nii.gz")
     index = pd.DataFrame({"image_path": [str(tmp_path / "t1.nii.gz")], "label_path": [str(tmp_path / "seg.nii.gz")]})
-    keys = {method: nodes.scan_cache_keys(index, nodes.preprocessing_compute_params(
+    keys = {method: runner.scan_cache_keys(index, runner.preprocessing_compute_params(
         {**FAST_PREPROCESSING, "brain_extraction": method}))[0] for method in ("deepbet", "label_map", "intensity", "none")}
     assert len(set(keys.values())) == 4
-    deepbet = nodes.preprocessing_compute_params({**FAST_PREPROCESSING, "brain_extraction": "deepbet"})
+    deepbet = runner.preprocessing_compute_params({**FAST_PREPROCESSING, "brain_extraction": "deepbet"})
     assert deepbet["deepbet_version"] == B.deepbet_version()  # a new deepbet recomputes its masks
 
 
@@ -130,7 +131,7 @@ def test_the_brain_columns_of_a_preprocessed_scan(tmp_path):
     image, label = make_head(shape=(24, 28, 20))
     nib.save(image, tmp_path / "t1.nii.gz")
     nib.save(label, tmp_path / "seg.nii.gz")
-    run = nodes.ScanPreprocessor([str(tmp_path / "t1.nii.gz")], [str(tmp_path / "seg.nii.gz")],
+    run = runner.ScanPreprocessor([str(tmp_path / "t1.nii.gz")], [str(tmp_path / "seg.nii.gz")],
                                  {**FAST_PREPROCESSING, "brain_extraction": "intensity", "grid_shape": [8, 8, 8]})
     info = run(0).info
     voxel_ml = 2.0**3 / 1000
@@ -138,5 +139,5 @@ def test_the_brain_columns_of_a_preprocessed_scan(tmp_path):
     assert info["brain_volume_ml"] == pytest.approx(intensity.sum() * voxel_ml, rel=1e-3)
     brain = np.asarray(nib.as_closest_canonical(label).dataobj) > 0
     assert info["brain_mask_dice"] == pytest.approx(2 * (intensity & brain).sum() / (intensity.sum() + brain.sum()), abs=1e-4)
-    assert "brain_mask_dice" not in nodes.ScanPreprocessor(run.image_paths, run.label_paths,
-                                                           {**run.params, "brain_extraction": "label_map"})(0).info
+    assert "brain_mask_dice" not in runner.ScanPreprocessor(run.image_paths, run.label_paths,
+                                                            {**run.params, "brain_extraction": "label_map"})(0).info

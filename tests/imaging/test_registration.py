@@ -13,11 +13,11 @@ from conftest import IXI_DIR
 from scipy.spatial.transform import Rotation
 
 from neurokedro.imaging import registration as R
-from neurokedro.imaging.preprocess import REGISTRATION_DEFAULTS
 from neurokedro.imaging.spatial import resample_to_grid
+from neurokedro.schemas import PreprocessingSchema
 
 FULLRES_DIR = IXI_DIR.parent / "ixi_fullres"
-THRESHOLD = REGISTRATION_DEFAULTS["registration_qc_min_correlation"]
+THRESHOLD = PreprocessingSchema().registration_qc_min_correlation
 MARGIN = 0.1  # good registrations must clear the default QC threshold by this much
 FLIP = np.array([-1.0, -1.0, 1.0])  # RAS <-> LPS
 

@@ -9,17 +9,17 @@ import pytest
 from conftest import make_head
 from scan_files import save_scan
 
+from neurokedro.imaging import runner
 from neurokedro.io.volume_store import VolumeStore, VolumeStoreDataset
-from neurokedro.pipelines.data_engineering import nodes
+from neurokedro.pipelines.data_engineering import nodes, qc
 from neurokedro.pipelines.data_engineering.nodes import (
-    EmptyCohortError,
-    _strata,
     check_scans,
     compile_qc_table,
     encode_labels,
     preprocess_scans,
-    split_by_subject,
 )
+from neurokedro.pipelines.data_engineering.qc import EmptyCohortError
+from neurokedro.pipelines.data_engineering.splits import _strata, split_by_subject
 from neurokedro.testing import FAST_PREPROCESSING
 
 LABELS = {"age": {"min": 0, "max": 120}}
@@ -109,8 +109,8 @@ def test_rerunning_preprocessing_computes_only_new_or_edited_scans(tmp_path, mon
     first = np.array(dataset.load().images)
 
     computed: list[str] = []
-    original = nodes.preprocess_scan
-    monkeypatch.setattr(nodes, "preprocess_scan", lambda image, *a, **k: computed.append(image.get_filename()) or original(image, *a, **k))
+    original = runner.preprocess_scan
+    monkeypatch.setattr(runner, "preprocess_scan", lambda image, *a, **k: computed.append(image.get_filename()) or original(image, *a, **k))
     # Unchanged inputs, one of them copied to a new path: nothing is computed, the store is the same.
     moved = passed.copy()
     copy = tmp_path / "copy_s1.nii.gz"
@@ -275,13 +275,13 @@ def test_registration_none_ignores_the_registration_threshold(tmp_path):
 
 def test_unknown_and_misspelt_preprocessing_options_are_refused(tmp_path):
     table, _ = encode_labels(_cohort(tmp_path, 1), LABELS)
-    with pytest.raises(ValueError, match="unknown registration 'rigid'"):
+    with pytest.raises(ValueError, match="preprocessing.registration = 'rigid': Input should be 'none' or 'affine'"):
         preprocess_scans(table, {**FAST_PREPROCESSING, "registration": "rigid"})
-    with pytest.raises(ValueError, match="unknown bias_correction"):
+    with pytest.raises(ValueError, match="preprocessing.bias_correction = 'n3': Input should be 'none' or 'n4'"):
         preprocess_scans(table, {**FAST_PREPROCESSING, "bias_correction": "n3"})
-    with pytest.raises(ValueError, match="unknown preprocessing option 'voxel_size'; did you mean 'voxel_size_mm'"):
+    with pytest.raises(ValueError, match="preprocessing.voxel_size: unknown key; did you mean 'preprocessing.voxel_size_mm'"):
         preprocess_scans(table, {**FAST_PREPROCESSING, "voxel_size": 2.0})
-    with pytest.raises(ValueError, match="anti_aliasing must be true or false"):
+    with pytest.raises(ValueError, match="preprocessing.anti_aliasing = 'yes': Input should be a valid boolean"):
         preprocess_scans(table, {**FAST_PREPROCESSING, "anti_aliasing": "yes"})
 
 
@@ -435,8 +435,8 @@ def test_registration_options_are_part_of_each_scans_cache_key(tmp_path, monkeyp
     assert len({tuple(k) for k in keys.values()}) == len(keys)
 
     computed: list[str] = []
-    original = nodes.preprocess_scan
-    monkeypatch.setattr(nodes, "preprocess_scan", lambda image, *a, **k: computed.append(image.get_filename()) or original(image, *a, **k))
+    original = runner.preprocess_scan
+    monkeypatch.setattr(runner, "preprocess_scan", lambda image, *a, **k: computed.append(image.get_filename()) or original(image, *a, **k))
     dataset.save(preprocess_scans(passed, registered))
     assert len(calls) == 3 and len(computed) == 3
     store = dataset.load()
@@ -570,12 +570,12 @@ def test_time_points_store_4d_series_as_channels_and_short_series_are_qc_finding
 
 def test_time_points_enter_the_cache_key_and_none_keeps_the_old_keys(tmp_path):
     index = _series_cohort(tmp_path, volumes=(6,))
-    keys = {t: nodes.scan_cache_keys(index, nodes.preprocessing_compute_params({**FAST_PREPROCESSING, "brain_extraction": "intensity", "time_points": t}))[0] for t in (None, 2, 4)}
+    keys = {t: runner.scan_cache_keys(index, runner.preprocessing_compute_params({**FAST_PREPROCESSING, "brain_extraction": "intensity", "time_points": t}))[0] for t in (None, 2, 4)}
     assert len(set(keys.values())) == 3
-    assert "time_points" not in nodes.preprocessing_compute_params({**FAST_PREPROCESSING, "time_points": None})  # old stores keep their keys
+    assert "time_points" not in runner.preprocessing_compute_params({**FAST_PREPROCESSING, "time_points": None})  # old stores keep their keys
     assert preprocess_scans(index, {**FAST_PREPROCESSING, "brain_extraction": "intensity", "time_points": 4}).index[nodes.CACHE_KEY][0] == keys[4]
     with pytest.raises(ValueError, match="registration"):
-        nodes.preprocessing_compute_params({"time_points": 4, "registration": "affine"})
+        runner.preprocessing_compute_params({"time_points": 4, "registration": "affine"})
 
 
 def test_check_scans_refuses_a_meaningless_time_points(tmp_path):
@@ -661,7 +661,7 @@ def test_minc2_header_declaring_more_voxels_than_the_file_holds_is_found_before_
         del group["image"]
         huge = group.create_dataset("image", shape=(2000, 2000, 2000), dtype="i2", chunks=(64, 64, 64), compression="gzip")
         huge.attrs.update(attrs)
-    problems, img = nodes._load_and_check(path)
+    problems, img = qc.load_and_check(path)
     assert img is None and [p[0] for p in problems] == ["unreadable"]
     assert "(2000, 2000, 2000) int16" in problems[0][2] and "truncated file or corrupt header" in problems[0][2]
 
@@ -671,9 +671,30 @@ def test_registration_qc_figure_of_a_minc_or_mgz_scan_shows_what_its_nifti_copy_
     transform = json.dumps(np.eye(4).tolist())
     drawn = {}
     for name, minc in (("scan.nii.gz", 1), ("scan.mgz", 1), ("scan1.mnc", 1), ("scan2.mnc", 2)):
-        figure = nodes._registration_figure(str(save_scan(image, tmp_path / name, minc=minc)), transform, 0.8, 0.4, name)
+        figure = qc.registration_figure(str(save_scan(image, tmp_path / name, minc=minc)), transform, 0.8, 0.4, name)
         drawn[name] = [np.asarray(ax.images[0].get_array()) for ax in figure.axes]
     assert np.ptp(drawn["scan.nii.gz"][0]) > 0  # the head is in view: the comparison can fail
     for name in ("scan.mgz", "scan1.mnc", "scan2.mnc"):
         for ours, nifti in zip(drawn[name], drawn["scan.nii.gz"], strict=True):
             np.testing.assert_allclose(ours, nifti, atol=1e-3 * np.ptp(nifti))
+
+
+def test_the_schemas_defaults_are_conf_bases_and_keep_every_cache_key():
+    """PreprocessingSchema and SplitSchema are the one home of the defaults: conf/base sets the
+    same values (so a block left out of an environment changes nothing), and the options hashed
+    into each scan's cache key are pinned (a change recomputes every existing volume store)."""
+    import yaml
+
+    from conftest import PROJECT_ROOT
+    from neurokedro.schemas import PreprocessingSchema, SplitSchema
+
+    conf = yaml.safe_load((PROJECT_ROOT / "conf/base/parameters_data_engineering.yml").read_text())
+    assert PreprocessingSchema().model_dump(exclude={"registration_seed"}) == conf["preprocessing"]
+    assert SplitSchema().model_dump() == conf["split"]
+    assert runner.preprocessing_compute_params({}) == runner.preprocessing_compute_params(conf["preprocessing"])
+    assert runner.preprocessing_compute_params(FAST_PREPROCESSING) == {
+        "brain_extraction": "label_map", "grid_shape": [64, 64, 64], "voxel_size_mm": 3.0, "margin_mm": 4.0,
+        "interpolation": "linear", "anti_aliasing": True, "normalisation": "zscore", "clip": 5.0,
+        "registration": "none", "bias_correction": "none"}
+    registered = runner.preprocessing_compute_params({**FAST_PREPROCESSING, "registration": "affine"})
+    assert (registered["registration_qc_min_correlation"], registered["registration_seed"]) == (0.4, 1)

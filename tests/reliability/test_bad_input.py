@@ -32,13 +32,13 @@ from damage import (
 
 from neurokedro.io.volume_store import VolumeStoreDataset
 from neurokedro.pipelines.data_engineering.nodes import (
-    EmptyCohortError,
     build_cohort_table,
     check_scans,
     compile_qc_table,
     encode_labels,
     preprocess_scans,
 )
+from neurokedro.pipelines.data_engineering.qc import EmptyCohortError
 
 pytestmark = pytest.mark.ixi
 

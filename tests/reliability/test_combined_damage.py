@@ -53,8 +53,8 @@ from neurokedro.pipelines.data_engineering.nodes import (
     compile_qc_table,
     encode_labels,
     preprocess_scans,
-    split_by_subject,
 )
+from neurokedro.pipelines.data_engineering.splits import split_by_subject
 
 pytestmark = pytest.mark.ixi
 

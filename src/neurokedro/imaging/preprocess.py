@@ -9,85 +9,52 @@ brain extraction and registration
 (:func:`~neurokedro.imaging.registration.register_to_template`) run once per scan before the
 volume store is written (the transform, the quality number and the mask's volume go into the
 store's index); :func:`preprocess_scan` then applies the mask and transform it is given.
-``registration: none`` keeps each scan in its own (scanner) space.
+``registration: none`` keeps each scan in its own (scanner) space. Every option's default is
+:class:`~neurokedro.schemas.PreprocessingSchema`'s (:func:`preprocessing_options`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import nibabel as nib
 import numpy as np
 from nilearn.image import mean_img
 
-from neurokedro.imaging.brain_extraction import BRAIN_EXTRACTION_METHODS, extract_brain
+from neurokedro.imaging.brain_extraction import extract_brain
 from neurokedro.imaging.checks import grids_match
 from neurokedro.imaging.intensity import normalise_intensity
 from neurokedro.imaging.spatial import anti_alias, crop_grid, reorient_to_ras, resample_to_grid
 from neurokedro.io.volume_store import PreprocessedVolume
-
-DEFAULTS: dict[str, Any] = {
-    "brain_extraction": "deepbet",  # deepbet | label_map | template | intensity | none
-    "grid_shape": [64, 64, 64],
-    "voxel_size_mm": 3.0,
-    "margin_mm": 4.0,
-    "interpolation": "linear",
-    "anti_aliasing": True,  # Gaussian prefilter to the grid's voxel size before resampling
-    "normalisation": "zscore",
-    "clip": 5.0,
-}
-
-#: The raw-scan path's options (``parameters_data_engineering.yml:preprocessing``).
-REGISTRATION_DEFAULTS: dict[str, Any] = {
-    "registration": "affine",             # none | affine (MNI152, ANTs)
-    "bias_correction": "n4",              # none | n4 (of the output intensities)
-    "registration_qc_min_correlation": 0.4,  # between good and broken fits on IXI (docs/results.md)
-}
-REGISTRATION_METHODS = ("none", "affine")
-BIAS_CORRECTIONS = ("none", "n4")
+from neurokedro.schemas.preprocessing import PreprocessingSchema
 
 
-def registration_options(params: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The raw-scan options of ``params`` with their defaults, validated, and its
-    ``brain_extraction`` checked.
+def preprocessing_options(params: Mapping[str, Any] | PreprocessingSchema | None) -> PreprocessingSchema:
+    """The typed ``preprocessing`` block, every option left out at its schema default, checked.
 
-    Returns:
-        ``{"registration", "bias_correction", "registration_qc_min_correlation"}``.
+    Args:
+        params: the block as Kedro passes it (None or {} for every default), or the typed
+            :class:`~neurokedro.schemas.PreprocessingSchema` (used as it is).
 
     Raises:
-        ValueError: for an unknown ``registration``, ``bias_correction`` or ``brain_extraction``,
-            ``brain_extraction: template`` without registration, a threshold outside [-1, 1],
-            or the old key ``mask`` (renamed ``brain_extraction``).
+        neurokedro.schemas.ParameterError: (a ``ValueError``) naming an unknown option (and the
+            closest known one), a value of the wrong type or out of range (an unknown
+            ``registration``, ``bias_correction`` or ``brain_extraction``, a threshold outside
+            [-1, 1], an ``anti_aliasing`` that is not a boolean, ...), or the old key ``mask``
+            (renamed ``brain_extraction``).
+        ValueError: for ``brain_extraction: template`` without registration.
     """
-    params = dict(params or {})
-    if "mask" in params:
-        raise ValueError(f"preprocessing.mask ({params['mask']!r}) is now preprocessing.brain_extraction: one of "
-                         f"{BRAIN_EXTRACTION_METHODS} (label_map for the old 'label', template for the MNI152 mask)")
-    method = str(params.get("brain_extraction", DEFAULTS["brain_extraction"]))
-    if method not in BRAIN_EXTRACTION_METHODS:
-        raise ValueError(f"unknown preprocessing.brain_extraction {method!r}; use one of {BRAIN_EXTRACTION_METHODS}")
-    p = {**REGISTRATION_DEFAULTS, **{k: v for k, v in params.items() if k in REGISTRATION_DEFAULTS}}
-    p["registration"] = str(p["registration"]).lower()
-    p["bias_correction"] = str(p["bias_correction"]).lower()
-    if p["registration"] not in REGISTRATION_METHODS:
-        raise ValueError(f"unknown registration {p['registration']!r}; use one of {REGISTRATION_METHODS}")
-    if p["bias_correction"] not in BIAS_CORRECTIONS:
-        raise ValueError(f"unknown bias_correction {p['bias_correction']!r}; use one of {BIAS_CORRECTIONS}")
-    threshold = float(p["registration_qc_min_correlation"])
-    if not -1.0 <= threshold <= 1.0:
-        raise ValueError(f"registration_qc_min_correlation must be a correlation in [-1, 1], got {threshold}")
-    p["registration_qc_min_correlation"] = threshold
-    if method == "template" and p["registration"] == "none":
+    options = PreprocessingSchema.from_params(params, "preprocessing")
+    if options.brain_extraction == "template" and options.registration == "none":
         raise ValueError("brain_extraction 'template' (the MNI152 brain mask) needs registration: affine")
-    return p
+    return options
 
 
 def preprocess_scan(
     image: nib.spatialimages.SpatialImage,
     label: nib.spatialimages.SpatialImage | None,
-    params: Mapping[str, Any] | None = None,
+    params: Mapping[str, Any] | PreprocessingSchema | None = None,
     keep_label: bool = True,
     transform: np.ndarray | None = None,
     brain: nib.spatialimages.SpatialImage | None = None,
@@ -121,11 +88,11 @@ def preprocess_scan(
     Args:
         image: the T1-weighted image (3D, any orientation), or with ``time_points`` a 4D series.
         label: optional label map on the image's grid.
-        params: overrides of :data:`DEFAULTS` (``brain_extraction``, ``grid_shape``,
-            ``voxel_size_mm``, ``margin_mm``, ``interpolation``, ``anti_aliasing``,
-            ``normalisation``, ``clip``), of
-            :data:`REGISTRATION_DEFAULTS` (``bias_correction``; ``registration`` is implied by
-            ``transform``) and ``time_points`` (None: one 3D volume; T: a 4D series).
+        params: the ``preprocessing`` block (:func:`preprocessing_options`: each option left out
+            at its :class:`~neurokedro.schemas.PreprocessingSchema` default): ``brain_extraction``,
+            ``grid_shape``, ``voxel_size_mm``, ``margin_mm``, ``interpolation``,
+            ``anti_aliasing``, ``normalisation``, ``clip``, ``bias_correction`` (``registration``
+            is implied by ``transform``) and ``time_points`` (None: one 3D volume; T: a 4D series).
         keep_label: resample the label map onto the grid and return it; False when the caller
             maps it to the grid another way (e.g.
             :func:`~neurokedro.imaging.tissue.resample_tissue_classes`), saving a resampling.
@@ -143,21 +110,21 @@ def preprocess_scan(
         ValueError: if the label map's grid differs from the image's, the mask is empty,
             ``brain_extraction: template`` is asked for without a transform, ``label_map``
             without a label map, the image is not one 3D volume (without ``time_points``) or has
-            fewer than ``time_points`` volumes, a series is to be registered or bias-corrected,
-            or ``anti_aliasing`` is not a boolean.
+            fewer than ``time_points`` volumes, or a series is to be registered or bias-corrected.
+        neurokedro.schemas.ParameterError: (a ``ValueError``) for an invalid ``params`` block
+            (an unknown option, or e.g. an ``anti_aliasing`` that is not a boolean).
         ImportError: for ``brain_extraction: deepbet`` without deepbet installed.
     """
-    p = {**DEFAULTS, **dict(params or {})}
-    options = registration_options(params)
+    options = preprocessing_options(params)
     if label is not None and not grids_match(image, label):
         raise ValueError(
             f"label map grid {tuple(label.shape)} does not match image grid {tuple(image.shape)} (shape or affine)"
         )
-    series = _first_volumes(image, p.get("time_points"))
-    if series is not None and (transform is not None or options["bias_correction"] != "none"):
+    series = _first_volumes(image, options.time_points)
+    if series is not None and (transform is not None or options.bias_correction != "none"):
         raise ValueError("a 4D series (preprocessing.time_points) is preprocessed in its own space; registration "
                          "and bias_correction are for 3D scans")
-    if p["brain_extraction"] == "template" and transform is None:
+    if options.brain_extraction == "template" and transform is None:
         raise ValueError("brain_extraction 'template' (the MNI152 brain mask) needs registration: affine")
     image = reorient_to_ras(image if series is None else series)
     label = reorient_to_ras(label) if label is not None else None
@@ -165,11 +132,11 @@ def preprocess_scan(
         mask = reorient_to_ras(brain)
     else:  # a series' mask: from its mean image, one for every time point
         mask = extract_brain(image if series is None else mean_img(image, copy_header=True), label,
-                             p["brain_extraction"])
-    if options["bias_correction"] == "n4":
+                             options.brain_extraction)
+    if options.bias_correction == "n4":
         from neurokedro.imaging.registration import n4_bias_correction
 
-        inside = None if mask is None or p["brain_extraction"] == "none" else np.asarray(mask.dataobj) > 0
+        inside = None if mask is None or options.brain_extraction == "none" else np.asarray(mask.dataobj) > 0
         image = n4_bias_correction(nib.Nifti1Image(image.get_fdata(dtype=np.float32), image.affine), mask=inside)
     if transform is not None:
         from neurokedro.imaging.registration import mni152_template, move_to_template
@@ -178,42 +145,31 @@ def preprocess_scan(
         label = move_to_template(label, transform) if label is not None else None
         mask = mni152_template()[1] if mask is None else move_to_template(mask, transform)
         # One grid for every scan: centred on the template's brain, whatever each mask is.
-        affine = _grid_affine(mni152_template()[1], p)
+        affine = _grid_affine(mni152_template()[1], options)
     else:
-        affine = _grid_affine(mask, p)
-    shape = tuple(int(s) for s in p["grid_shape"])
-    if yes_no(p["anti_aliasing"], "anti_aliasing"):
+        affine = _grid_affine(mask, options)
+    shape = tuple(int(s) for s in options.grid_shape)
+    if options.anti_aliasing:
         image = anti_alias(image, float(nib.affines.voxel_sizes(affine).min()))
-    data = resample_to_grid(image, affine, shape, p["interpolation"]).get_fdata(dtype=np.float32)
+    data = resample_to_grid(image, affine, shape, options.interpolation).get_fdata(dtype=np.float32)
     grid_mask = np.asarray(resample_to_grid(mask, affine, shape, "nearest").dataobj) > 0
     if series is not None:
         # (D, H, W, T) -> (T, D, H, W), normalised with one mean and sd over every time point.
         data = np.moveaxis(data if data.ndim == 4 else data[..., None], -1, 0)  # one volume: squeezed to 3D on reorienting
-        data = normalise_intensity(data, np.broadcast_to(grid_mask, data.shape), p["normalisation"], p["clip"])
+        data = normalise_intensity(data, np.broadcast_to(grid_mask, data.shape), options.normalisation, options.clip)
     else:
-        data = normalise_intensity(data, grid_mask, p["normalisation"], p["clip"])[None]
+        data = normalise_intensity(data, grid_mask, options.normalisation, options.clip)[None]
     grid_label = None
     if label is not None and keep_label:
         grid_label = np.asarray(resample_to_grid(label, affine, shape, "nearest").dataobj).astype(np.int16)
     return PreprocessedVolume(image=data, affine=affine, label=grid_label)
 
 
-def yes_no(value: Any, name: str) -> bool:
-    """A yes/no option read strictly: YAML's ``true``/``false`` only, so ``"no"`` is not True.
-
-    Raises:
-        ValueError: naming ``preprocessing.<name>`` for anything but a boolean.
-    """
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    raise ValueError(f"preprocessing.{name} must be true or false, got {value!r}")
-
-
-def _grid_affine(mask: nib.spatialimages.SpatialImage, p: Mapping[str, Any]) -> np.ndarray:
+def _grid_affine(mask: nib.spatialimages.SpatialImage, options: PreprocessingSchema) -> np.ndarray:
     """The model grid's affine, centred on ``mask`` (:func:`~neurokedro.imaging.spatial.crop_grid`)."""
-    voxel = p["voxel_size_mm"]
-    shape = tuple(int(s) for s in p["grid_shape"])
-    return crop_grid(mask, shape, None if voxel is None else float(voxel), float(p["margin_mm"]))
+    voxel = options.voxel_size_mm
+    shape = tuple(int(s) for s in options.grid_shape)
+    return crop_grid(mask, shape, None if voxel is None else float(voxel), float(options.margin_mm))
 
 
 def _first_volumes(image: nib.spatialimages.SpatialImage, time_points: int | None) -> nib.Nifti1Image | None:

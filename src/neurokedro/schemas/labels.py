@@ -28,7 +28,7 @@ class AgeRangeSchema(StrictSchema):
 
 
 class LabelsSchema(StrictSchema):
-    """``labels`` (:func:`~neurokedro.pipelines.data_engineering.nodes.validate_labels`)."""
+    """``labels`` (:func:`~neurokedro.pipelines.data_engineering.nodes.encode_labels`)."""
 
     age: AgeRangeSchema = Field(default_factory=AgeRangeSchema)
     sex_mapping: dict[str, Literal["M", "F"]] = Field(

@@ -1,4 +1,4 @@
-"""Wiring of the data-engineering pipeline (the work is in nodes.py)."""
+"""Wiring of the data-engineering pipeline (the nodes are in nodes.py and splits.py)."""
 
 from kedro.pipeline import Pipeline, node, pipeline
 
@@ -9,9 +9,9 @@ from neurokedro.pipelines.data_engineering.nodes import (
     encode_labels,
     plot_registration_qc,
     preprocess_scans,
-    split_by_subject,
     summarise_intensities,
 )
+from neurokedro.pipelines.data_engineering.splits import split_by_subject
 
 
 def preparation_pipeline() -> Pipeline:

@@ -75,7 +75,7 @@ def predict_scans(
         RuntimeError: if ``project_path`` is not a Kedro project, or no task has a model to
             predict with; the message says what to do.
         Exception: whatever stops the pipeline (e.g. every scan failed QC:
-            :class:`~neurokedro.pipelines.data_engineering.nodes.EmptyCohortError`, listing why).
+            :class:`~neurokedro.pipelines.data_engineering.qc.EmptyCohortError`, listing why).
     """
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
