@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from neurokedro.io.volume_store import VolumeStore
-from neurokedro.pipelines.data_engineering.nodes import split_by_subject
+from neurokedro.pipelines.data_engineering.splits import split_by_subject
 from neurokedro.pipelines.modelling.nodes import (
     describe_fit,
     evaluate_model,
@@ -27,7 +27,8 @@ from neurokedro.tasks import sex_classification
 from neurokedro.tasks.base import get_task
 from neurokedro.training.module import FoldEnsemble, MeanEnsemble
 
-TRAINING = {"max_epochs": 2, "batch_size": 4, "progress_bar": False, "augmentation": {"enabled": False}}
+TRAINING = {"max_epochs": 2, "batch_size": 4, "progress_bar": False, "augmentation": {"enabled": False},
+            "test_time_flip": False}  # predictions are compared with each fold model's own output
 MODEL = {"name": "sfcn", "sfcn": {"channels": [4, 4, 8], "dropout": 0.0}, "resnet3d": {"channels": [999]}}
 
 
@@ -192,7 +193,7 @@ def test_refit_trains_on_every_training_scan_never_a_test_scan_and_is_scored_bes
     train, test = scans[scans["split"] == "train"], scans[scans["split"] == "test"]
     *folds, (refit_rows, refit_val_rows, refit_params) = fits
     assert len(folds) == 3 and refit_rows == set(train["row"]) and not refit_rows & set(test["row"])
-    assert len(refit_val_rows) == 0 and 1 <= refit_params["stop_epoch"] <= 3 and "refit" not in refit_params
+    assert len(refit_val_rows) == 0 and 1 <= refit_params.stop_epoch <= 3 and not refit_params.refit
     assert sorted(history["fold"].unique()) == [0, 1, 2]  # the refit's epochs are not fold rows
     with torch.no_grad():
         x = torch.from_numpy(store.images[:3])

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from neurokedro.tasks import get_task
-from neurokedro.training import fit as fit_module
+from neurokedro.training import loaders as loaders_module
 from neurokedro.training.data import EpochSampler, VolumeDataset
 from neurokedro.training.fit import fit, training_strategy
 
@@ -51,7 +51,7 @@ def test_ddp_ranks_train_on_disjoint_samples_and_the_model_is_saved_once(tmp_pat
     records = tmp_path / "seen"
     records.mkdir()
     monkeypatch.setenv("NEUROKEDRO_TEST_RECORD_DIR", str(records))
-    monkeypatch.setattr(fit_module, "VolumeDataset", RecordingDataset)
+    monkeypatch.setattr(loaders_module, "VolumeDataset", RecordingDataset)  # where fit looks it up
     params = {"max_epochs": 2, "batch_size": 3, "progress_bar": False, "augmentation": {"enabled": False},
               "early_stopping": {"enabled": False}, "optimiser": {"lr": 0.01},
               "accelerator": "cpu", "devices": 2, "checkpoint_dir": str(tmp_path / "ckpt")}  # strategy auto -> ddp_spawn

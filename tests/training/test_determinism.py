@@ -16,7 +16,7 @@ from conftest import make_head
 from neurokedro.imaging.preprocess import preprocess_scan
 from neurokedro.io.volume_store import VolumeStore
 from neurokedro.models import build_model
-from neurokedro.pipelines.data_engineering.nodes import split_by_subject
+from neurokedro.pipelines.data_engineering.splits import split_by_subject
 from neurokedro.tasks import get_task
 from neurokedro.training.data import EpochSampler, VolumeDataset, build_augmentation
 from neurokedro.training.fit import fit, seed_everything

@@ -90,7 +90,7 @@ def test_killed_fit_resumes_to_exactly_the_uninterrupted_result(tmp_path, one_th
     # A finished run is returned as it was, without training.
     monkeypatch.setattr(L.Trainer, "fit", lambda *a, **k: pytest.fail("a finished run was trained again"))
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="neurokedro.training.fit"):
+    with caplog.at_level(logging.INFO, logger="neurokedro.training"):
         again = run_fit(checkpoint_dir=str(checkpoints))
     assert "had finished" in caplog.text
     assert_same_fit(again, uninterrupted)
@@ -100,7 +100,7 @@ def test_other_parameters_start_afresh_with_a_warning(tmp_path, one_thread, capl
     checkpoints = tmp_path / "checkpoints"
     short = run_fit(max_epochs=2, checkpoint_dir=str(checkpoints))
     first = (checkpoints / FINGERPRINT).read_text()
-    with caplog.at_level(logging.WARNING, logger="neurokedro.training.fit"):
+    with caplog.at_level(logging.WARNING, logger="neurokedro.training"):
         other = run_fit(max_epochs=2, optimiser={"lr": 0.003}, checkpoint_dir=str(checkpoints))
     assert "from a different run (differing: params)" in caplog.text and "starting afresh" in caplog.text
     assert (checkpoints / FINGERPRINT).read_text() != first
@@ -109,7 +109,7 @@ def test_other_parameters_start_afresh_with_a_warning(tmp_path, one_thread, capl
 
     # Another seed changes the initial weights and every random stream: a different run too.
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="neurokedro.training.fit"):
+    with caplog.at_level(logging.WARNING, logger="neurokedro.training"):
         run_fit(max_epochs=1, seed=4, checkpoint_dir=str(checkpoints))
     assert "differing: params, net" in caplog.text
 
@@ -118,7 +118,7 @@ def test_other_parameters_start_afresh_with_a_warning(tmp_path, one_thread, capl
         (checkpoints / name).unlink(missing_ok=True)
     torch.save({"state_dict": {}}, checkpoints / LAST)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="neurokedro.training.fit"):
+    with caplog.at_level(logging.WARNING, logger="neurokedro.training"):
         _, history = run_fit(max_epochs=1, checkpoint_dir=str(checkpoints))
     assert "written before fingerprints were stored" in caplog.text and len(history) == 1
 
@@ -126,7 +126,7 @@ def test_other_parameters_start_afresh_with_a_warning(tmp_path, one_thread, capl
 def test_resume_false_always_starts_afresh(tmp_path, one_thread, caplog):
     checkpoints = tmp_path / "checkpoints"
     run_fit(max_epochs=1, checkpoint_dir=str(checkpoints))
-    with caplog.at_level(logging.INFO, logger="neurokedro.training.fit"):
+    with caplog.at_level(logging.INFO, logger="neurokedro.training"):
         _, history = run_fit(max_epochs=1, checkpoint_dir=str(checkpoints), resume=False)
     assert "resume is off: starting afresh" in caplog.text and len(history) == 1
 

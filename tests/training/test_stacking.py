@@ -247,5 +247,5 @@ def test_training_scans_without_label_maps_are_stacked_with_the_segmentation_mod
     assert (every[0]["tissue_volume_source"] == "segmentation_model").all() and every[2]["tissue_volumes"] == "segmentation_model"
     with pytest.raises(ValueError, match="kedro run --pipeline tissue_segmentation"):
         stack_with_tissue_volumes(table, folds, store, {"enabled": True, "tissue_volumes": "segmentation_model"}, "age_regression")
-    with pytest.raises(ValueError, match="unknown stacking option"):
+    with pytest.raises(ValueError, match="stacking.tissue_volume: unknown key"):
         stack_with_tissue_volumes(table, folds, store, {"enabled": True, "tissue_volume": "label_map"}, "age_regression")

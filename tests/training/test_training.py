@@ -9,7 +9,8 @@ from neurokedro.training.fit import fit, predict, tta_options, tta_views
 from neurokedro.training.module import TargetScaler
 
 FAST = {"max_epochs": 4, "batch_size": 4, "progress_bar": False, "early_stopping": {"patience": 10},
-        "optimiser": {"lr": 0.01, "warmup_epochs": 1}, "augmentation": {"enabled": False}}
+        "optimiser": {"lr": 0.01, "warmup_epochs": 1}, "augmentation": {"enabled": False},
+        "precision": "32-true", "channels_last": False}  # full precision: predict() is compared with validation
 
 
 def _cohort(n=24, seed=0):
@@ -228,7 +229,8 @@ def test_label_map_targets_flip_with_their_image_and_stay_integer():
 
 def test_reconstruction_target_is_the_clean_image_when_the_input_is_noised():
     images = np.random.default_rng(1).normal(size=(1, 1, 8, 8, 8)).astype(np.float32)
-    noise = build_augmentation({"noise_prob": 1.0, "noise_std": 0.5, "flip_prob": 0.0}, voxelwise="image")
+    noise = build_augmentation({"noise_prob": 1.0, "noise_std": 0.5, "flip_prob": 0.0, "intensity_prob": 0.0},
+                               voxelwise="image")
     image, target = VolumeDataset(images, [0], augment=noise, voxelwise="image")[0]
     np.testing.assert_array_equal(target.numpy(), images[0])
     assert not np.allclose(image.numpy(), images[0])
@@ -260,11 +262,12 @@ def test_augmentation_and_test_time_flip_move_every_channel_of_a_series_alike():
     rng = np.random.default_rng(0)
     anatomy = rng.normal(0, 1, (8, 8, 8)).astype(np.float32)
     series = np.stack([anatomy * (1 + 0.1 * t) for t in range(5)])[None]  # (1, T=5, D, H, W)
-    flip = build_augmentation({"flip_prob": 1.0})
+    flip = build_augmentation({"flip_prob": 1.0, "noise_prob": 0.0, "intensity_prob": 0.0})
     x, _ = VolumeDataset(series, [0], np.zeros(1, np.float32), flip)[0]
     assert x.shape == (5, 8, 8, 8)
     np.testing.assert_allclose(x.numpy(), series[0, :, ::-1], rtol=1e-6)
-    affine = build_augmentation({"affine_prob": 1.0, "rotate_deg": 10, "noise_prob": 0.0, "intensity_prob": 1.0})
+    affine = build_augmentation({"affine_prob": 1.0, "rotate_deg": 10, "noise_prob": 0.0, "intensity_prob": 1.0,
+                                 "flip_prob": 0.0})
     xa, _ = VolumeDataset(series, [0], np.zeros(1, np.float32), affine)[0]
     assert xa.shape == (5, 8, 8, 8)
     # Every time point is the same resampled anatomy, scaled as before: channel t / channel 0 = 1 + 0.1 t.

@@ -12,6 +12,7 @@ from monai.data import MetaTensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from neurokedro.io.volume_store import read_row
+from neurokedro.schemas.training import AugmentationSchema
 
 # Independent random streams derived from one seed (see :func:`derived_seed`).
 SHUFFLE_STREAM, EPOCH_STREAM, AUGMENT_STREAM = 1, 2, 3
@@ -126,16 +127,19 @@ class Float32GaussianNoise(mt.RandGaussianNoise):
         self.noise = noise.mul_(float(std)).add_(float(self.mean if mean is None else mean))
 
 
-def build_augmentation(params: Mapping[str, Any] | None, voxelwise: str | None = None) -> mt.Compose | None:
+def build_augmentation(params: AugmentationSchema | Mapping[str, Any] | None,
+                       voxelwise: str | None = None) -> mt.Compose | None:
     """MONAI augmentation for training volumes ``(C, D, H, W)`` on a RAS grid.
 
     Args:
-        params: ``{"enabled", "noise_std", "noise_prob", "intensity_scale", "intensity_prob",
-            "flip_prob", "affine_prob", "rotate_deg", "scale", "translate_vox"}``; ``None`` or
-            ``enabled: false`` disables augmentation. Noise is Gaussian with sd ``noise_std``
-            (in z-score units), intensity scaling multiplies by ``1 + U(-s, s)``, the flip is
-            left-right (axis 0 of a RAS grid), the affine is a small random rotation (degrees),
-            scaling and translation (voxels).
+        params: the ``training.augmentation`` block (:class:`~neurokedro.schemas.training.AugmentationSchema`,
+            or its mapping; an option left out takes the schema's default): ``{"enabled",
+            "noise_std", "noise_prob", "intensity_scale", "intensity_prob", "flip_prob",
+            "affine_prob", "rotate_deg", "scale", "translate_vox"}``; ``None`` or ``enabled:
+            false`` disables augmentation. Noise is Gaussian with sd ``noise_std`` (in z-score
+            units), intensity scaling multiplies by ``1 + U(-s, s)``, the flip is left-right (axis
+            0 of a RAS grid), the affine is a small random rotation (degrees), scaling and
+            translation (voxels). A transform whose probability is 0 is left out.
         voxelwise: ``None`` for a per-scan target: the transform takes and returns an image.
             ``"label_map"`` or ``"image"`` for a voxel-wise target: the transform takes and
             returns ``{"image", "target"}``; flips and affines move both alike (a label map
@@ -144,32 +148,38 @@ def build_augmentation(params: Mapping[str, Any] | None, voxelwise: str | None =
 
     Returns:
         A ``monai.transforms.Compose`` or ``None``.
+
+    Raises:
+        neurokedro.schemas.ParameterError: for an unknown, mistyped or out-of-range option.
     """
-    if not params or not params.get("enabled", True):
+    if params is None:
+        return None
+    options = AugmentationSchema.from_params(params, "training.augmentation")
+    if not options.enabled:
         return None
     keys = ["image", "target"]
     target_mode = "nearest" if voxelwise == "label_map" else "bilinear"
     steps: list[Any] = []
-    if params.get("affine_prob", 0) > 0:
-        rad = np.deg2rad(params.get("rotate_deg", 5.0))
+    if options.affine_prob > 0:
+        rad = np.deg2rad(options.rotate_deg)
         affine = {
-            "prob": params["affine_prob"],
+            "prob": options.affine_prob,
             "rotate_range": (rad, rad, rad),
-            "scale_range": (params.get("scale", 0.05),) * 3,
-            "translate_range": (params.get("translate_vox", 2),) * 3,
+            "scale_range": (options.scale,) * 3,
+            "translate_range": (options.translate_vox,) * 3,
             "padding_mode": "zeros",
         }
         steps.append(mt.RandAffined(keys, mode=("bilinear", target_mode), **affine) if voxelwise
                      else mt.RandAffine(mode="bilinear", **affine))
-    if params.get("flip_prob", 0) > 0:
-        steps.append(mt.RandFlipd(keys, prob=params["flip_prob"], spatial_axis=0) if voxelwise
-                     else mt.RandFlip(prob=params["flip_prob"], spatial_axis=0))
-    if params.get("intensity_prob", 0) > 0:
-        factors, prob = params.get("intensity_scale", 0.1), params["intensity_prob"]
+    if options.flip_prob > 0:
+        steps.append(mt.RandFlipd(keys, prob=options.flip_prob, spatial_axis=0) if voxelwise
+                     else mt.RandFlip(prob=options.flip_prob, spatial_axis=0))
+    if options.intensity_prob > 0:
+        factors, prob = options.intensity_scale, options.intensity_prob
         steps.append(mt.RandScaleIntensityd("image", factors=factors, prob=prob) if voxelwise
                      else mt.RandScaleIntensity(factors=factors, prob=prob))
-    if params.get("noise_prob", 0) > 0:
-        std, prob = params.get("noise_std", 0.1), params["noise_prob"]
+    if options.noise_prob > 0:
+        std, prob = options.noise_std, options.noise_prob
         if voxelwise:
             noise = mt.RandGaussianNoised("image", prob=prob, std=std)
             noise.rand_gaussian_noise = Float32GaussianNoise(prob=1.0, std=std)  # the dict transform decides prob

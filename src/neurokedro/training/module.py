@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from neurokedro.schemas.training import LossSchema, OptimiserSchema
 from neurokedro.tasks.base import Task
 
 
@@ -205,12 +206,15 @@ class TaskModule(L.LightningModule):
     Args:
         net: network ``(B, C, D, H, W) -> (B, out)``.
         task: the :class:`~neurokedro.tasks.base.Task`.
-        optimiser: ``{"lr", "weight_decay", "warmup_epochs", "schedule": "cosine"|"step"|"none",
-            "step_size", "gamma", "min_lr_ratio"}``.
+        optimiser: the ``training.optimiser`` block (:class:`~neurokedro.schemas.training.OptimiserSchema`,
+            or its mapping; an option left out takes the schema's default): ``{"lr",
+            "weight_decay", "warmup_epochs", "schedule": "cosine"|"step"|"none", "step_size",
+            "gamma", "min_lr_ratio"}``.
         max_epochs: for the schedule's length.
         target_mean: training-set target mean (0 when not standardised).
         target_sd: training-set target sd (1 when not standardised).
-        loss_params: keyword arguments of the task's loss factory.
+        loss_params: the ``training.loss`` block (:class:`~neurokedro.schemas.training.LossSchema`,
+            or its mapping): the options it sets are keyword arguments of the task's loss factory.
         train_targets: (M,) training targets in the task's unit, given to the loss factory
             (class weights come from the training part only).
         channels_last: keep weights and inputs in ``channels_last_3d`` memory format.
@@ -220,11 +224,11 @@ class TaskModule(L.LightningModule):
         self,
         net: nn.Module,
         task: Task,
-        optimiser: Mapping[str, Any],
+        optimiser: OptimiserSchema | Mapping[str, Any],
         max_epochs: int,
         target_mean: float = 0.0,
         target_sd: float = 1.0,
-        loss_params: Mapping[str, Any] | None = None,
+        loss_params: LossSchema | Mapping[str, Any] | None = None,
         channels_last: bool = False,
         train_targets: Any = None,
     ) -> None:
@@ -233,10 +237,11 @@ class TaskModule(L.LightningModule):
         self.channels_last = bool(channels_last) and not any(p.dim() == 4 for p in net.parameters())
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last_3d)
-        self.loss_fn = task.make_loss(train_targets, **dict(loss_params or {}))
+        loss = LossSchema.from_params(loss_params, "training.loss")
+        self.loss_fn = task.make_loss(train_targets, **loss.factory_options())
         self.model = output_head(task, net, target_mean, target_sd, getattr(self.loss_fn, "readout", None))
         self.task = task
-        self.optimiser_params = dict(optimiser)
+        self.optimiser = OptimiserSchema.from_params(optimiser, "training.optimiser")
         self.max_epochs = int(max_epochs)
         self.target_mean = float(target_mean)
         self.target_sd = float(target_sd)
@@ -284,13 +289,9 @@ class TaskModule(L.LightningModule):
         self._val_outputs.clear()
 
     def configure_optimizers(self) -> dict[str, Any]:
-        p = self.optimiser_params
-        optimiser = torch.optim.AdamW(
-            self.parameters(), lr=float(p.get("lr", 1e-3)), weight_decay=float(p.get("weight_decay", 1e-2))
-        )
-        warmup = int(p.get("warmup_epochs", 0))
-        schedule = p.get("schedule", "cosine")
-        min_ratio = float(p.get("min_lr_ratio", 0.01))
+        p = self.optimiser
+        optimiser = torch.optim.AdamW(self.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+        warmup, schedule, min_ratio = p.warmup_epochs, p.schedule, p.min_lr_ratio
 
         def factor(epoch: int) -> float:
             if epoch < warmup:
@@ -300,7 +301,7 @@ class TaskModule(L.LightningModule):
                 progress = min(1.0, (epoch - warmup) / span)
                 return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
             if schedule == "step":
-                return float(p.get("gamma", 0.3)) ** ((epoch - warmup) // int(p.get("step_size", 10)))
+                return p.gamma ** ((epoch - warmup) // p.step_size)
             return 1.0
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_lambda=factor)

@@ -25,6 +25,7 @@ pipeline applies exactly the same arithmetic to new scans (:func:`apply_stacking
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -37,6 +38,8 @@ from neurokedro.evaluation.segmentation import voxel_volume_ml
 from neurokedro.imaging.tissue import TISSUE_CLASSES
 from neurokedro.io.volume_store import VolumeStore, read_row
 from neurokedro.training.module import FOLD_ENSEMBLE_ID
+
+logger = logging.getLogger(__name__)
 
 #: The references of the method, stored beside the coefficients.
 REFERENCE = ("Wolpert 1992, Neural Networks 5:241; Breiman 1996, Machine Learning 24:49; "
@@ -136,7 +139,7 @@ def cross_fitted_segmentation_volumes(
         volume_store: the store the scans' rows point into.
         scans: ``row`` and ``subject_id`` of the scans to measure.
         batch_size: scans per forward pass.
-        views: :func:`~neurokedro.training.fit.predict`'s test-time options
+        views: :func:`~neurokedro.training.inference.predict`'s test-time options
             (``flip_average``, ``shift_vox``).
 
     Returns:
@@ -146,7 +149,7 @@ def cross_fitted_segmentation_volumes(
     Raises:
         ValueError: for a fold ensemble saved without its fold models' subjects.
     """
-    from neurokedro.training.fit import predict
+    from neurokedro.training.inference import predict
     from neurokedro.training.module import FoldEnsemble
 
     names = [f"volume_ml_{name}" for k, name in TISSUE_CLASSES.items() if k]
@@ -364,3 +367,58 @@ def apply_stacking(model: Mapping[str, Any], network: np.ndarray, features: np.n
     stacked = network.copy()
     stacked[ok] = _meta_predict(model["meta"], network[ok], volume_prediction[ok])
     return stacked, volume_prediction
+
+
+def scan_tissue_volumes(table: pd.DataFrame, volume_store: VolumeStore, prefer: str,
+                        segmentation_model: Any) -> tuple[pd.DataFrame, np.ndarray]:
+    """Each scan's tissue volumes for stacking in training, and where they came from (label map,
+    the segmentation model cross-fitted, or none): :func:`stacking_volumes`, the model measuring
+    (:func:`cross_fitted_segmentation_volumes`, with the left-right flip) the scans without a
+    label map, or every scan with ``prefer="segmentation_model"``.
+
+    Args:
+        table: the scans (``row``, ``subject_id``).
+        volume_store: the store the rows point into.
+        prefer: ``stacking.tissue_volumes``, one of :data:`TISSUE_VOLUME_SOURCES`.
+        segmentation_model: the tissue segmentation pipeline's model, or None.
+
+    Raises:
+        ValueError: for ``prefer="segmentation_model"`` without a segmentation model.
+    """
+    rows = table["row"].to_numpy(int)
+    if prefer == "segmentation_model":
+        if segmentation_model is None:
+            raise ValueError("stacking.tissue_volumes is segmentation_model, but no tissue segmentation model has been "
+                             "trained here: run `kedro run --pipeline tissue_segmentation` first (same --env)")
+        missing = np.ones(len(rows), dtype=bool)
+    else:
+        missing = tissue_volumes_ml(volume_store, rows).drop(columns="row").isna().any(axis=1).to_numpy(copy=True)
+    predicted = None
+    if missing.any() and segmentation_model is not None:
+        logger.info("tissue volumes of %d scan(s) from the segmentation model (cross-fitted)", int(missing.sum()))
+        predicted = cross_fitted_segmentation_volumes(segmentation_model, volume_store, table.loc[missing, ["row", "subject_id"]],
+                                                      views={"flip_average": True})
+    return stacking_volumes(volume_store, rows, predicted, prefer)
+
+
+def restacked_predictions(task: Any, rows: pd.DataFrame, y: np.ndarray, volumes: np.ndarray, ok: np.ndarray) -> pd.DataFrame:
+    """``rows`` with the task's prediction columns described again from the stacked ``y``, the
+    network's and the ridge's predictions and the stacked flag beside them."""
+    column = task.stacked_prediction
+    described = task.describe_predictions(rows, y, {})
+    added = dict(zip(stacking_columns(column), (rows[column].to_numpy(), volumes, ok), strict=True))
+    return rows.assign(**{name: described[name].to_numpy() for name in described}, **added)
+
+
+def stacking_summary(task: Any, predictions: pd.DataFrame, test: np.ndarray, out_of_fold: np.ndarray) -> dict[str, float]:
+    """``{<part>_<headline metric>_<predictor>}`` for the network, the ridge and the stack,
+    out of fold and on test."""
+    column = task.stacked_prediction
+    network, volumes, _ = stacking_columns(column)
+    summary = {}
+    for name, source in (("network", network), ("tissue_volumes", volumes), ("stacked", column)):
+        for part, rows in (("out_of_fold", out_of_fold), ("test", test)):
+            if rows.any():
+                scored = predictions[rows].assign(**{column: predictions.loc[rows, source]})
+                summary[f"{part}_{task.headline_metric}_{name}"] = task.compute_metrics(scored)[task.headline_metric]
+    return summary

@@ -12,20 +12,22 @@ from torch import nn
 
 from neurokedro.io.volume_store import VolumeStore
 from neurokedro.models import build_model
-from neurokedro.pipelines.data_engineering.nodes import assert_no_subject_leakage
+from neurokedro.pipelines.data_engineering.splits import assert_no_subject_leakage
+from neurokedro.schemas.stacking import StackingSchema
+from neurokedro.schemas.training import TrainingSchema
 from neurokedro.tasks.base import Task, get_task
-from neurokedro.training.fit import fit, predict, refit_epochs, seed_everything, tta_options
+from neurokedro.training.inference import predict, tta_options
 from neurokedro.training.module import FOLD_ENSEMBLE_ID, FoldEnsemble, MeanEnsemble
 from neurokedro.training.stacking import (
-    TISSUE_VOLUME_SOURCES,
-    cross_fitted_segmentation_volumes,
     fit_stacking,
+    restacked_predictions,
+    scan_tissue_volumes,
     stacking_columns,
-    stacking_volumes,
-    tissue_volumes_ml,
+    stacking_summary,
     volume_features,
 )
 from neurokedro.training.tracking import child_run, log_model
+from neurokedro.training.trainer import fit, refit_epochs, seed_everything
 from neurokedro.training.transfer import resolve_pretrained, transfer_encoder
 
 logger = logging.getLogger(__name__)
@@ -78,8 +80,9 @@ def train_model(
         task_scans: from :func:`select_task_scans`, with ``split`` (``train``/``test``) and
             ``fold`` (0..K-1 for training scans).
         model: ``{"name": <registered model>, <name>: {options}}``.
-        training: training parameters (see :func:`neurokedro.training.fit.fit`), plus
-            ``ensemble_size`` (default 1) and ``init_from`` (``null``: from scratch;
+        training: training parameters (:class:`~neurokedro.schemas.training.TrainingSchema`, or
+            its mapping; see :func:`neurokedro.training.trainer.fit`), with ``ensemble_size``,
+            ``refit`` and ``init_from`` (``null``: from scratch;
             ``autoencoder``: each network's encoder starts from the autoencoder of the same fold,
             ``pretrained_model``; or an MLflow model URI; see
             :func:`neurokedro.training.transfer.resolve_pretrained`).
@@ -99,13 +102,15 @@ def train_model(
         FileNotFoundError: if ``init_from`` is ``autoencoder`` and no autoencoder was trained.
         neurokedro.training.transfer.TransferError: if the pretrained encoder does not fit the
             model (the message lists the mismatched layers).
+        neurokedro.schemas.ParameterError: for an unknown, mistyped or out-of-range ``training`` option.
     """
     task = get_task(task_name)
-    pretrained = resolve_pretrained(training.get("init_from"), pretrained_model)
+    training = TrainingSchema.from_params(training, f"{task_name}.training")
+    pretrained = resolve_pretrained(training.init_from, pretrained_model)
     assert_no_subject_leakage(task_scans)  # again here: task_scans is a dataset a user could edit
     spec = task.model_spec(model)
     ensemble, history = cross_validate(volume_store, task_scans, spec, training, task_name, pretrained)
-    if training.get("refit", False):
+    if training.refit:
         ensemble.refit = refit_model(volume_store, task_scans, spec, training, task_name, history, pretrained)
     return ensemble, history
 
@@ -123,7 +128,7 @@ def refit_model(
     cross-validation (``training.refit: true``), in a nested MLflow run ``refit``.
 
     It runs the folds' median number of epochs to their best validation score
-    (:func:`~neurokedro.training.fit.refit_epochs`) with the folds' learning-rate schedule, and
+    (:func:`~neurokedro.training.trainer.refit_epochs`) with the folds' learning-rate schedule, and
     keeps its last weights: there is no validation set left to choose a checkpoint on. One
     network (seed ``training.seed``) whatever ``ensemble_size``; with ``init_from`` its encoder
     comes from the pretrained model's first fold.
@@ -134,29 +139,24 @@ def refit_model(
         history: :func:`cross_validate`'s per-epoch rows of the folds.
 
     Returns:
-        The refit model, its outputs in the target's unit.
+        The refit model, its outputs in the target's unit. Its ``training`` parameters are the
+        folds' with ``stop_epoch`` set and ``checkpoint_dir`` ``<checkpoint_dir>/refit``.
 
     Raises:
         ValueError: if the folds' histories hold no validation score.
     """
     task = get_task(task_name)
+    training = TrainingSchema.from_params(training, f"{task_name}.training")
     train = task_scans[task_scans["split"] == "train"]
     epochs = refit_epochs(history, f"val_{task.headline_metric}", task.headline_mode)
-    params = {k: v for k, v in training.items() if k != "refit"} | {"stop_epoch": epochs}
-    if training.get("checkpoint_dir"):
-        params["checkpoint_dir"] = f"{training['checkpoint_dir']}/refit"
+    params = _network_params(training, "refit", refit=False, stop_epoch=epochs)
     logger.info("%s: refit on all %d training scans for %d epochs (the folds' median to their best)",
                 task_name, len(train), epochs)
-    run_params = {"n_train": len(train), "epochs": epochs, "model": spec, "training": params}
+    run_params = {"n_train": len(train), "epochs": epochs, "model": spec, "training": params.model_dump(mode="json")}
     with child_run("refit", run_params, tags={"fold": "refit", "task": task_name}) as run_id:
-        seed_everything(params)
-        net = build_model(spec, volume_store.images.shape[1:], task.network_out_size(training.get("loss")))
-        if pretrained is not None:
-            transfer_encoder(net, pretrained, min(getattr(pretrained, "folds", [0])))
-        none = np.zeros(0, dtype=int)
-        refit, _ = fit(net, task, volume_store.images, train["row"].to_numpy(), train["target"].to_numpy(np.float32),
-                       none, none.astype(np.float32), params, mlflow_prefix="" if run_id else "refit.",
-                       labels=volume_store.labels)
+        first_fold = min(getattr(pretrained, "folds", [0])) if pretrained is not None else None
+        refit, _ = _train_network(volume_store, task, spec, params, train, train.iloc[:0], pretrained, first_fold,
+                                  "" if run_id else "refit.")
         if run_id:
             log_model(refit, run_id)
     return refit
@@ -188,34 +188,27 @@ def cross_validate(
         ValueError: if the training scans have fewer than 2 folds.
     """
     task = get_task(task_name)
+    training = TrainingSchema.from_params(training, f"{task_name}.training")
     cv = task_scans[task_scans["split"] == "train"]
     folds = sorted(int(f) for f in cv["fold"].unique()) if "fold" in cv else []
     if len(folds) < 2:
         raise ValueError(f"{task_name}: cross-validation needs >= 2 folds among the training scans; got {folds}")
-    size = int(training.get("ensemble_size", 1))
+    size = training.ensemble_size
     logger.info("%s: %d-fold cross-validation of %s%s on %d scans", task_name, len(folds), spec["name"],
                 f" (x{size} seeds per fold)" if size > 1 else "", len(cv))
     fold_models, histories, trained_subjects = [], [], []
     for fold in folds:
         train, val = cv[cv["fold"] != fold], cv[cv["fold"] == fold]
         trained_subjects.append(train["subject_id"].astype(str).unique().tolist())
-        run_params = {"fold": fold, "n_train": len(train), "n_validation": len(val), "model": spec, "training": training}
+        run_params = {"fold": fold, "n_train": len(train), "n_validation": len(val), "model": spec,
+                      "training": training.model_dump(mode="json")}
         with child_run(f"fold_{fold}", run_params, tags={"fold": str(fold), "task": task_name}) as run_id:
             members = []
             for member in range(size):
-                params = {**training, "seed": int(training.get("seed", 42)) + member}
-                if training.get("checkpoint_dir"):
-                    params["checkpoint_dir"] = f"{training['checkpoint_dir']}/fold_{fold}" + (f"/member_{member}" if size > 1 else "")
-                seed_everything(params)  # before building: initial weights are part of the run's seed
-                net = build_model(spec, volume_store.images.shape[1:], task.network_out_size(training.get("loss")))
-                if pretrained is not None:
-                    transfer_encoder(net, pretrained, fold)
+                params = _network_params(training, f"fold_{fold}" + (f"/member_{member}" if size > 1 else ""),
+                                         seed=training.seed + member)
                 prefix = (f"member_{member}." if size > 1 else "") if run_id else f"fold_{fold}."
-                trained, history = fit(
-                    net, task, volume_store.images, train["row"].to_numpy(), train["target"].to_numpy(np.float32),
-                    val["row"].to_numpy(), val["target"].to_numpy(np.float32), params, mlflow_prefix=prefix,
-                    labels=volume_store.labels,
-                )
+                trained, history = _train_network(volume_store, task, spec, params, train, val, pretrained, fold, prefix)
                 members.append(trained)
                 logger.info("%s", describe_fit(task, history, params, f"{task_name} fold {fold}"
                                                + (f" member {member + 1}/{size}" if size > 1 else "")))
@@ -228,12 +221,50 @@ def cross_validate(
     return FoldEnsemble(fold_models, folds, trained_subjects=trained_subjects), pd.concat(histories, ignore_index=True)
 
 
-def describe_fit(task: Task, history: pd.DataFrame, training: Mapping[str, Any], name: str) -> str:
+def _network_params(training: TrainingSchema, folder: str, **update: Any) -> TrainingSchema:
+    """The ``training`` parameters of one network: ``update`` applied, and its checkpoints in
+    ``<checkpoint_dir>/<folder>`` (``fold_<k>[/member_<m>]``, ``refit``) when there is a
+    ``checkpoint_dir``."""
+    if training.checkpoint_dir:
+        update["checkpoint_dir"] = f"{training.checkpoint_dir}/{folder}"
+    return training.model_copy(update=update)
+
+
+def _train_network(
+    volume_store: VolumeStore,
+    task: Task,
+    spec: Mapping[str, Any],
+    params: TrainingSchema,
+    train: pd.DataFrame,
+    val: pd.DataFrame,
+    pretrained: nn.Module | None,
+    pretrained_fold: int | None,
+    mlflow_prefix: str,
+) -> tuple[nn.Module, pd.DataFrame]:
+    """Build one network and :func:`~neurokedro.training.trainer.fit` it: a fold's (or an
+    ensemble member's) of :func:`cross_validate`, or :func:`refit_model`'s.
+
+    The network is built right after seeding with ``params.seed`` (its initial weights are part
+    of the run's seed), sized for the task's loss; with a ``pretrained`` model its encoder comes
+    from that model's fold ``pretrained_fold`` (:func:`~neurokedro.training.transfer.transfer_encoder`).
+    ``train`` and ``val`` are rows of :func:`select_task_scans` (``row``, ``target``); an empty
+    ``val`` is a refit, with ``params.stop_epoch``. Returns ``fit``'s ``(model, history)``.
+    """
+    seed_everything(params)  # before building: initial weights are part of the run's seed
+    net = build_model(spec, volume_store.images.shape[1:], task.network_out_size(params.loss.factory_options()))
+    if pretrained is not None:
+        transfer_encoder(net, pretrained, pretrained_fold)
+    return fit(net, task, volume_store.images, train["row"].to_numpy(), train["target"].to_numpy(np.float32),
+               val["row"].to_numpy(), val["target"].to_numpy(np.float32), params, mlflow_prefix=mlflow_prefix,
+               labels=volume_store.labels)
+
+
+def describe_fit(task: Task, history: pd.DataFrame, training: TrainingSchema | Mapping[str, Any], name: str) -> str:
     """One line on a finished fit: its best validation epoch and metric, how many epochs ran and why.
 
     Args:
         task: the task trained (its ``headline_metric`` is the metric checkpoints follow).
-        history: :func:`neurokedro.training.fit.fit`'s one row per epoch (``epoch`` numbered from 0,
+        history: :func:`neurokedro.training.trainer.fit`'s one row per epoch (``epoch`` numbered from 0,
             as in ``training_history.csv`` and the learning-curve plot; ``val_<metric>``).
         training: the fit's ``training`` parameters (``max_epochs``, ``swa``).
         name: what was fitted, first on the line (``"age_regression fold 0"``).
@@ -241,8 +272,9 @@ def describe_fit(task: Task, history: pd.DataFrame, training: Mapping[str, Any],
     Returns:
         e.g. ``"age_regression fold 0: best val_mae 4.21 at epoch 17; 33/40 epochs run, early-stopped"``.
     """
+    training = TrainingSchema.from_params(training, "training")
     monitor = f"val_{task.headline_metric}"
-    max_epochs = int(training.get("max_epochs", 30))
+    max_epochs = training.max_epochs
     ran = len(history)
     scores = history[monitor] if monitor in history else pd.Series(dtype=float)
     if scores.notna().any():
@@ -250,7 +282,7 @@ def describe_fit(task: Task, history: pd.DataFrame, training: Mapping[str, Any],
         found = f"best {monitor} {float(scores[best]):.4g} at epoch {int(history.loc[best, 'epoch'])}"
     else:
         found = f"no {monitor} logged"
-    if (training.get("swa") or {}).get("enabled", False):
+    if training.swa.enabled:
         how = ", weights averaged (SWA)"
     else:
         how = ", early-stopped" if ran < max_epochs else ""
@@ -261,7 +293,7 @@ def predict_scans(
     model: nn.Module,
     volume_store: VolumeStore,
     task_scans: pd.DataFrame,
-    training: Mapping[str, Any],
+    training: TrainingSchema | Mapping[str, Any],
     evaluation: Mapping[str, Any] | None,
     task_name: str,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -291,8 +323,9 @@ def predict_scans(
         ``model_fold`` (for per-fold test metrics).
     """
     task = get_task(task_name)
+    training = TrainingSchema.from_params(training, f"{task_name}.training")
     options = dict(evaluation or {})
-    batch_size, views = int(training.get("batch_size", 8)), tta_options(training)
+    batch_size, views = training.batch_size, tta_options(training)
 
     def run(net: nn.Module, rows: pd.DataFrame) -> np.ndarray:
         return predict(net, volume_store.images, rows["row"].to_numpy(), batch_size, **views)
@@ -332,7 +365,7 @@ def stack_with_tissue_volumes(
     network_predictions: pd.DataFrame,
     network_fold_predictions: pd.DataFrame,
     volume_store: VolumeStore,
-    stacking: Mapping[str, Any] | None,
+    stacking: StackingSchema | Mapping[str, Any] | None,
     task_name: str,
     segmentation_model: nn.Module | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
@@ -350,7 +383,8 @@ def stack_with_tissue_volumes(
         network_predictions: from :func:`predict_scans` (out-of-fold and fold-ensemble rows).
         network_fold_predictions: from :func:`predict_scans` (each fold model on the test scans).
         volume_store: the preprocessed cohort, with tissue label maps.
-        stacking: the task's ``stacking`` parameters: ``enabled`` (bool) and ``tissue_volumes``
+        stacking: the task's ``stacking`` parameters (:class:`~neurokedro.schemas.stacking.StackingSchema`,
+            or its mapping; an option left out takes the schema's default): ``enabled`` (bool) and ``tissue_volumes``
             (``label_map``: each scan's label map, and for scans without one the segmentation
             model's volumes; ``segmentation_model``: the model's volumes for every scan, as a
             cohort without label maps gets them).
@@ -371,19 +405,19 @@ def stack_with_tissue_volumes(
         to new scans.
 
     Raises:
-        ValueError: if stacking is enabled for a task without ``stacked_prediction``, for an
-            unknown option or ``tissue_volumes``, or ``tissue_volumes: segmentation_model``
-            without a segmentation model.
+        ValueError: if stacking is enabled for a task without ``stacked_prediction``, or
+            ``tissue_volumes: segmentation_model`` without a segmentation model.
+        neurokedro.schemas.ParameterError: for an unknown option or ``tissue_volumes``.
     """
     task = get_task(task_name)
-    options = stacking_options(stacking)
-    if not options["enabled"]:
+    options = StackingSchema.from_params(stacking, f"{task_name}.stacking")
+    if not options.enabled:
         return network_predictions, network_fold_predictions, {"enabled": False, "reason": "stacking.enabled is false"}
     column = task.stacked_prediction
     if column is None:
         raise ValueError(f"{task_name}: stacking.enabled is true but the task has no stacked_prediction column; set it false")
     table = network_predictions.reset_index(drop=True)
-    volumes, source = _stacking_volumes(table, volume_store, options["tissue_volumes"], segmentation_model)
+    volumes, source = scan_tissue_volumes(table, volume_store, options.tissue_volumes, segmentation_model)
     table = table.assign(tissue_volume_source=source)
     features = volume_features(volumes)
     is_test = (table["split"] == "test").to_numpy()
@@ -403,77 +437,17 @@ def stack_with_tissue_volumes(
     if not usable.all():
         logger.warning("%s: %d scan(s) without tissue volumes keep the network's %s (%s_stacked = False)",
                        task_name, int((~usable).sum()), column, column)
-    predictions = _restacked(task, table, stacked, volume_prediction, usable)
+    predictions = restacked_predictions(task, table, stacked, volume_prediction, usable)
     fold_predictions = network_fold_predictions
     if fold_tables:
-        parts = [_restacked(task, part.loc[test_rows].reset_index(), fold_stacked[k], volume_prediction[is_test], usable[is_test])
+        parts = [restacked_predictions(task, part.loc[test_rows].reset_index(), fold_stacked[k], volume_prediction[is_test], usable[is_test])
                  for k, part in fold_tables.items()]
         fold_predictions = pd.concat(parts, ignore_index=True)[[*network_fold_predictions.columns, *stacking_columns(column)]]
-    summary = _stacking_summary(task, predictions, is_test & usable, ~is_test & usable)
+    summary = stacking_summary(task, predictions, is_test & usable, ~is_test & usable)
     logger.info("%s stacking with tissue volumes (weights network %.2f, tissue volumes %.2f): %s", task_name,
                 model["meta"]["w_network"], model["meta"]["w_tissue_volumes"], {k: round(v, 3) for k, v in summary.items()})
-    return predictions, fold_predictions, {"enabled": True, "target": column, "tissue_volumes": options["tissue_volumes"],
+    return predictions, fold_predictions, {"enabled": True, "target": column, "tissue_volumes": options.tissue_volumes,
                                            **model, "summary": summary}
-
-
-def stacking_options(stacking: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The ``stacking`` parameters with their defaults (``enabled`` false, ``tissue_volumes``
-    ``label_map``).
-
-    Raises:
-        ValueError: for an unknown key or ``tissue_volumes``.
-    """
-    options = {"enabled": False, "tissue_volumes": "label_map"}
-    unknown = set(stacking or {}) - set(options)
-    if unknown:
-        raise ValueError(f"unknown stacking option(s) {sorted(unknown)}; known: {sorted(options)}")
-    options |= dict(stacking or {})
-    if options["tissue_volumes"] not in TISSUE_VOLUME_SOURCES:
-        raise ValueError(f"unknown stacking.tissue_volumes {options['tissue_volumes']!r}; use one of {TISSUE_VOLUME_SOURCES}")
-    return options
-
-
-def _stacking_volumes(table: pd.DataFrame, volume_store: VolumeStore, prefer: str,
-                      segmentation_model: nn.Module | None) -> tuple[pd.DataFrame, np.ndarray]:
-    """Each scan's tissue volumes and where they came from (label map, the segmentation model
-    cross-fitted, or none)."""
-    rows = table["row"].to_numpy(int)
-    if prefer == "segmentation_model":
-        if segmentation_model is None:
-            raise ValueError("stacking.tissue_volumes is segmentation_model, but no tissue segmentation model has been "
-                             "trained here: run `kedro run --pipeline tissue_segmentation` first (same --env)")
-        missing = np.ones(len(rows), dtype=bool)
-    else:
-        missing = tissue_volumes_ml(volume_store, rows).drop(columns="row").isna().any(axis=1).to_numpy(copy=True)
-    predicted = None
-    if missing.any() and segmentation_model is not None:
-        logger.info("tissue volumes of %d scan(s) from the segmentation model (cross-fitted)", int(missing.sum()))
-        predicted = cross_fitted_segmentation_volumes(segmentation_model, volume_store, table.loc[missing, ["row", "subject_id"]],
-                                                      views={"flip_average": True})
-    return stacking_volumes(volume_store, rows, predicted, prefer)
-
-
-def _restacked(task: Any, rows: pd.DataFrame, y: np.ndarray, volumes: np.ndarray, ok: np.ndarray) -> pd.DataFrame:
-    """``rows`` with the task's prediction columns described again from the stacked ``y``, the
-    network's and the ridge's predictions and the stacked flag beside them."""
-    column = task.stacked_prediction
-    described = task.describe_predictions(rows, y, {})
-    added = dict(zip(stacking_columns(column), (rows[column].to_numpy(), volumes, ok), strict=True))
-    return rows.assign(**{name: described[name].to_numpy() for name in described}, **added)
-
-
-def _stacking_summary(task: Any, predictions: pd.DataFrame, test: np.ndarray, out_of_fold: np.ndarray) -> dict[str, float]:
-    """``{<part>_<headline metric>_<predictor>}`` for the network, the ridge and the stack,
-    out of fold and on test."""
-    column = task.stacked_prediction
-    network, volumes, _ = stacking_columns(column)
-    summary = {}
-    for name, source in (("network", network), ("tissue_volumes", volumes), ("stacked", column)):
-        for part, rows in (("out_of_fold", out_of_fold), ("test", test)):
-            if rows.any():
-                scored = predictions[rows].assign(**{column: predictions.loc[rows, source]})
-                summary[f"{part}_{task.headline_metric}_{name}"] = task.compute_metrics(scored)[task.headline_metric]
-    return summary
 
 
 def evaluate_model(
