@@ -7,7 +7,7 @@ import yaml
 
 from neurokedro.io.volume_store import VolumeStore
 from neurokedro.pipeline_registry import register_pipelines
-from neurokedro.pipelines.data_engineering.nodes import split_by_subject
+from neurokedro.pipelines.data_engineering.splits import split_by_subject
 from neurokedro.pipelines.modelling.nodes import select_task_scans
 from neurokedro.pipelines.search import nodes
 from neurokedro.pipelines.search.nodes import SearchSpaceError, parse_space, sample_trials, search_hyperparameters

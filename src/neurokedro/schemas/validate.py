@@ -1,15 +1,17 @@
-"""Typed schemas of the run parameters, checked once when a run starts.
+"""Every block of the run parameters checked against its schema, once, when a run starts.
 
-Each block of ``conf/<env>/parameters*.yml`` that a run computes from has a pydantic v2 model
-with ``extra="forbid"`` (the way kedro-mlflow validates its ``mlflow.yml``): ``preprocessing``,
-``split`` and each task's ``training`` and ``stacking``, at the top level and under a task that
-brings its own (a plugin task with its own cohort). A misspelt key (``voxel_size`` for
-``voxel_size_mm``), a value of the wrong type or out of range (``n_folds: 1``,
-``test_fraction: 1.5``, ``precision: fp8``) stops the run before its first node, with the key,
-the value, what is allowed and the closest known key
+Each block of ``conf/<env>/parameters*.yml`` has a pydantic v2 model with ``extra="forbid"``
+(the way kedro-mlflow validates its ``mlflow.yml``): at the top level ``preprocessing``,
+``split``, ``labels``, ``reporting``, ``search``, ``predict`` and the ``cohort`` adapter's
+options; under each task ``training``, ``stacking``, ``evaluation``, the model's options and,
+for a task with a cohort of its own, ``cohort``, ``preprocessing`` and ``split``. A misspelt key
+(``voxel_size`` for ``voxel_size_mm``), a value of the wrong type or out of range
+(``n_folds: 1``, ``test_fraction: 1.5``, ``precision: fp8``) stops the run before its first
+node, with the key, the value, what is allowed and the closest known key
 (:class:`~neurokedro.hooks.NeuroKedroHooks`, ``after_context_created``).
 
-A field left out of the YAML is not checked here (``None``): the code's own default applies.
+A key left out takes its schema's default when the code reads the block
+(:meth:`~neurokedro.schemas.base.StrictSchema.from_params`).
 """
 
 from __future__ import annotations

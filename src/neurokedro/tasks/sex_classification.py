@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from neurokedro.evaluation.classification import binary_classification_metrics
+from neurokedro.schemas.evaluation import EvaluationSchema
 from neurokedro.tasks.base import PredictionColumns, Task
 
 #: Labels of the encoded ``sex`` column (see ``neurokedro.cohorts.labels``); F is the positive class.
@@ -58,7 +59,7 @@ def classification_loss(train_targets: np.ndarray | None = None, name: str = "bc
 def _describe(
     table: pd.DataFrame, y_pred: np.ndarray, options: Mapping[str, Any] | None = None, reference: Any = None
 ) -> pd.DataFrame:
-    threshold = float((options or {}).get("threshold", 0.5))
+    threshold = EvaluationSchema.from_params(options, "sex_classification.evaluation").threshold
     probability = np.asarray(y_pred, dtype=float).ravel()
     truth = pd.to_numeric(table["sex"], errors="coerce").to_numpy(float)
     predicted = (probability >= threshold).astype(int)

@@ -22,6 +22,7 @@ from torch import nn
 
 from neurokedro.evaluation.segmentation import scan_segmentation_metrics, segmentation_metrics
 from neurokedro.imaging.tissue import TISSUE_CLASSES
+from neurokedro.schemas.evaluation import EvaluationSchema
 from neurokedro.tasks.base import Task
 
 
@@ -54,7 +55,7 @@ def _describe(
     ``(n, K, D, H, W)`` against the store's label maps (``reference.labels``)."""
     if reference is None or reference.labels is None:
         raise ValueError("tissue_segmentation needs the volume store's label maps as reference")
-    hausdorff = bool((options or {}).get("hausdorff", True))
+    hausdorff = EvaluationSchema.from_params(options, "tissue_segmentation.evaluation").hausdorff
     rows = []
     for row, probabilities in zip(table["row"].to_numpy(int), y_pred, strict=True):
         predicted = np.asarray(probabilities).argmax(axis=0)

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from neurokedro.cohorts.labels import as_text
 from neurokedro.evaluation.brain_age import corrected_gap
 from neurokedro.io.volume_store import VolumeStore
+from neurokedro.schemas.predict import PredictSchema
 from neurokedro.tasks.base import get_task
 from neurokedro.training.fit import predict, tta_options
 from neurokedro.training.stacking import (
@@ -90,9 +91,9 @@ def predict_task(
     Args:
         latest_model: the task's ``<task>.model`` dataset (None when never trained here).
         volume_store: the new scans' volume store (index with ``row``, ``age``, ``sex`` when given).
-        predict_params: the ``predict`` parameters: ``models.<task>`` (see :func:`load_model`),
-            ``batch_size`` (default 4), ``test_time_flip`` (default true),
-            ``test_time_shift_vox`` (default 0), ``threshold`` (0.5).
+        predict_params: the ``predict`` parameters (:class:`~neurokedro.schemas.predict.PredictSchema`,
+            its defaults for the options left out): ``models.<task>`` (see :func:`load_model`),
+            ``batch_size``, ``test_time_flip``, ``test_time_shift_vox``, ``threshold``.
         task_name: registered task (regression, classification or segmentation).
         bias_correction: the brain-age bias-correction coefficients of the training run
             (``<task>.bias_correction``), for regression tasks that have one.
@@ -117,13 +118,14 @@ def predict_task(
         ValueError: for a task kind that has no per-scan prediction (reconstruction).
     """
     task = get_task(task_name)
-    choice = (predict_params.get("models") or {}).get(task_name)
+    options = PredictSchema.from_params(predict_params, "predict")
+    choice = options.models.get(task_name)
     model = load_model(choice, latest_model, task_name)
     usable = volume_store.preprocessed_index
     if model is None or usable.empty:
         return pd.DataFrame({"row": pd.Series(dtype=int)})
-    batch = int(predict_params.get("batch_size", 4))
-    views = tta_options(predict_params, flip_default=True)
+    batch = options.batch_size
+    views = tta_options(options.model_dump(include={"test_time_flip", "test_time_shift_vox"}))
     rows = usable["row"].to_numpy(int)
     outputs = []
     for start in tqdm(range(0, len(rows), batch), desc=f"predict {task_name}", unit="batch"):
@@ -133,7 +135,6 @@ def predict_task(
     if task.kind == "segmentation":
         described = pd.concat(outputs, ignore_index=True)
     elif task.kind in ("regression", "classification"):
-        options = {"threshold": float(predict_params.get("threshold", 0.5))}
         y, stacked_columns = np.concatenate(outputs), {}
         if (stacking or {}).get("enabled") and task.stacked_prediction:
             if str(choice) == "latest":
@@ -141,7 +142,8 @@ def predict_task(
             else:  # the project's stacking weights belong to its own latest network, not to this one
                 logger.warning("predict %s: not stacked with tissue volumes: the model is %s, not this project's "
                                "latest, whose stacking weights these are", task_name, choice)
-        described = task.describe_predictions(usable.reset_index(drop=True), y, options).assign(**stacked_columns)
+        described = task.describe_predictions(usable.reset_index(drop=True), y, {"threshold": options.threshold}
+                                              ).assign(**stacked_columns)
         described = described.drop(columns=[c for c in ("chronological_age", "true_sex", "true_label", "predicted_label",
                                                          "threshold") if c in described])
     else:

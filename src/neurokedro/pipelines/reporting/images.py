@@ -20,6 +20,7 @@ from torch import nn  # noqa: E402
 
 from neurokedro.imaging.tissue import TISSUE_CLASSES  # noqa: E402
 from neurokedro.io.volume_store import VolumeStore  # noqa: E402
+from neurokedro.schemas.training import TrainingSchema  # noqa: E402
 from neurokedro.training.fit import predict, tta_options  # noqa: E402
 
 #: Colours of CSF, GM and WM in overlays (background transparent).
@@ -56,7 +57,7 @@ def predict_label_maps(
         2 GM, 3 WM with the store's affine of that scan (RAS, mm), for a partitioned NIfTI dataset.
     """
     test = test_scans(task_scans)
-    probabilities = predict(model, volume_store.images, test["row"].to_numpy(), int(training.get("batch_size", 8)),
+    probabilities = predict(model, volume_store.images, test["row"].to_numpy(), TrainingSchema.from_params(training, "training").batch_size,
                             **tta_options(training))
     maps = {}
     for record, prob in zip(test.to_dict("records"), probabilities, strict=True):
@@ -124,7 +125,7 @@ def plot_reconstructions(
         n_subjects: number of test scans shown.
     """
     test = test_scans(task_scans, n_subjects)
-    reconstructions = predict(model, volume_store.images, test["row"].to_numpy(), int(training.get("batch_size", 8)))
+    reconstructions = predict(model, volume_store.images, test["row"].to_numpy(), TrainingSchema.from_params(training, "training").batch_size)
     fig, axes = plt.subplots(len(test), 6, figsize=(13, 2.3 * max(len(test), 1)), squeeze=False, layout="constrained")
     for ax_row, record, rec in zip(axes, test.to_dict("records"), reconstructions, strict=True):
         original = np.asarray(volume_store.images[record["row"], 0], dtype=np.float32)

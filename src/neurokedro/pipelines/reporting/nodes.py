@@ -14,6 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from neurokedro.schemas.reporting import ReportingSchema  # noqa: E402
 from neurokedro.tasks.base import get_task  # noqa: E402
 from neurokedro.training.tracking import log_metrics  # noqa: E402
 
@@ -308,14 +309,14 @@ def plot_calibration(predictions: pd.DataFrame, reporting: Mapping[str, Any], ta
 
     Args:
         predictions: from ``predict_scans`` (``true_label``, ``probability_<class>``, ``source``).
-        reporting: ``calibration_bins`` (default 5; few test scans need few bins).
+        reporting: ``calibration_bins`` (few test scans need few bins).
         task_name: registered classification task.
     """
     from sklearn.calibration import calibration_curve
     from sklearn.metrics import brier_score_loss
 
     probability = _probability_column(task_name)
-    bins = int((reporting or {}).get("calibration_bins", 5))
+    bins = ReportingSchema.from_params(reporting, "reporting").calibration_bins
     fig, ax = plt.subplots(figsize=(4.8, 4.5), layout="constrained")
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfectly calibrated")
     for source, (label, colour, _) in SOURCE_STYLE.items():

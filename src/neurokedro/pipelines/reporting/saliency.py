@@ -21,20 +21,27 @@ from torch import nn  # noqa: E402
 from neurokedro.evaluation.saliency import saliency_map  # noqa: E402
 from neurokedro.io.volume_store import VolumeStore  # noqa: E402
 from neurokedro.pipelines.reporting.images import test_scans  # noqa: E402
+from neurokedro.schemas.reporting import SaliencySchema  # noqa: E402
 from neurokedro.tasks.base import Task, get_task  # noqa: E402
 
 #: Keys of the ``saliency`` parameters read here; every other key is an option of the method
 #: (see :data:`neurokedro.evaluation.saliency.SALIENCY_METHODS`).
-SALIENCY_DEFAULTS: dict[str, Any] = {"method": "vanilla_grad", "n_subjects": 8, "batch_size": 4, "threshold": 0.2}
+SETTINGS = ("method", "n_subjects", "batch_size", "threshold")
 
 #: Title colours of correctly and wrongly classified scans.
 CORRECT, WRONG = "#1b7f3b", "#c62828"
 
 
 def _saliency_params(saliency: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(settings, method options)`` of the ``saliency`` parameters."""
-    params = dict(saliency or {})
-    settings = {key: params.pop(key, default) for key, default in SALIENCY_DEFAULTS.items()}
+    """``(settings, method options)`` of the ``saliency`` parameters
+    (:class:`~neurokedro.schemas.reporting.SaliencySchema`; a method option left out takes the
+    method's own default).
+
+    Raises:
+        neurokedro.schemas.ParameterError: for an unknown or out-of-range key.
+    """
+    params = SaliencySchema.from_params(saliency, "reporting.saliency").model_dump(exclude_none=True)
+    settings = {key: params.pop(key) for key in SETTINGS}
     return settings, params
 
 

@@ -12,7 +12,8 @@ import pandas as pd
 
 from neurokedro.evaluation.bootstrap import bootstrap_metrics
 from neurokedro.evaluation.brain_age import corrected_gap, fit_age_bias, summarise_correction
-from neurokedro.evaluation.fairness import DEFAULT_AGE_BANDS, sensitive_features, subgroup_metrics
+from neurokedro.evaluation.fairness import sensitive_features, subgroup_metrics
+from neurokedro.schemas.reporting import ReportingSchema
 from neurokedro.tasks.base import get_task
 
 logger = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ def subgroup_report(predictions: pd.DataFrame, reporting: Mapping[str, Any], tas
         predictions: from ``predict_scans`` or ``apply_bias_correction``.
         reporting: the ``reporting`` parameters: ``fairness.attributes`` (default ``[sex,
             age_band, site]``; an attribute with one group, e.g. a single site, is skipped),
-            ``fairness.age_bands`` (band edges in years, default ``[35, 50, 65]``) and
+            ``fairness.age_bands`` (band edges in years) and
             ``bootstrap`` (each group's interval).
         task_name: registered task.
 
@@ -70,9 +71,8 @@ def subgroup_report(predictions: pd.DataFrame, reporting: Mapping[str, Any], tas
     """
     task = get_task(task_name)
     test = _test_rows(predictions, task_name).reset_index(drop=True)
-    options = dict(reporting.get("fairness") or {})
-    attributes = sensitive_features(test, options.get("attributes", ["sex", "age_band", "site"]),
-                                    options.get("age_bands", DEFAULT_AGE_BANDS))
+    fairness = ReportingSchema.from_params(reporting, "reporting").fairness
+    attributes = sensitive_features(test, fairness.attributes, fairness.age_bands)
     if not task.subgroup_metrics or not attributes:
         logger.info("%s: no subgroup breakdown (metrics %s, attributes with >= 2 groups: %s)",
                     task_name, task.subgroup_metrics, sorted(attributes))
@@ -132,7 +132,6 @@ def summarise_bias_correction(corrected_predictions: pd.DataFrame) -> pd.DataFra
     return summary
 
 
-def _bootstrap_options(reporting: Mapping[str, Any]) -> dict[str, Any]:
-    options = dict((reporting or {}).get("bootstrap") or {})
-    return {"n_resamples": int(options.get("n_resamples", 1000)), "confidence": float(options.get("confidence", 0.95)),
-            "seed": int(options.get("seed", 42))}
+def _bootstrap_options(reporting: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The ``reporting.bootstrap`` options (:class:`~neurokedro.schemas.reporting.BootstrapSchema`) as keyword arguments."""
+    return ReportingSchema.from_params(reporting, "reporting").bootstrap.model_dump()

@@ -32,8 +32,10 @@ from torch import nn
 
 from neurokedro.io.atomic import atomic_write_path
 from neurokedro.io.volume_store import VolumeStore
-from neurokedro.pipelines.data_engineering.nodes import assert_no_subject_leakage
+from neurokedro.pipelines.data_engineering.splits import assert_no_subject_leakage
 from neurokedro.pipelines.modelling.nodes import cross_validate, predict_scans
+from neurokedro.schemas.search import SearchSchema
+from neurokedro.schemas.training import TrainingSchema
 from neurokedro.tasks.base import Task, get_task
 from neurokedro.training.tracking import child_run, log_metrics
 from neurokedro.training.transfer import resolve_pretrained
@@ -188,20 +190,24 @@ def search_hyperparameters(
         RuntimeError: if every trial failed (each one's error is logged).
     """
     task = get_task(task_name)
-    base = {"model": task.model_spec(model), "training": dict(training)}
-    space = parse_space(search.get("space") or {}, base["model"]["name"])
-    metric, mode = _selection_metric(search, task)
-    budget = dict(search.get("budget") or {})
-    configurations = sample_trials(space, int(search.get("n_trials", 10)), int(search.get("seed", 0)))
-    trials = ([(DEFAULT_TRIAL, {})] if search.get("include_default", True) else []) + [
+    # every training option, its schema default where the YAML leaves it out, so the space can search it
+    base = {"model": task.model_spec(model),
+            "training": TrainingSchema.from_params(training, f"{task_name}.training").model_dump()}
+    options = SearchSchema.from_params(search, "search")
+    space = parse_space({path: entry.model_dump(exclude_none=True) for path, entry in options.space.items()},
+                        base["model"]["name"])
+    metric, mode = _selection_metric(options, task)
+    budget = dict(options.budget)
+    configurations = sample_trials(space, options.n_trials, options.seed)
+    trials = ([(DEFAULT_TRIAL, {})] if options.include_default else []) + [
         (f"trial_{k:03d}", sampled) for k, sampled in enumerate(configurations)]
     budgeted = apply(base, budget)
     trial_params = {trial: apply(budgeted, sampled) for trial, sampled in trials}  # every path checked before training
 
-    pretrained = resolve_pretrained(training.get("init_from"), pretrained_model)
+    pretrained = resolve_pretrained(base["training"]["init_from"], pretrained_model)
     assert_no_subject_leakage(task_scans)
     cv = task_scans[task_scans["split"] == "train"].reset_index(drop=True)
-    state = Path(search.get("state_dir") or "data/06_models/search") / task_name
+    state = Path(options.state_dir) / task_name
     records = _load_records(state / "trials.csv")
     data_key = _data_key(volume_store, cv)
     logger.info("%s search: %d trial(s) on %d-fold CV of %d scans, ranked by out-of-fold %s (%s)", task_name,
@@ -262,11 +268,11 @@ def _run_trial(trial: str, sampled: Mapping[str, Any], params: Mapping[str, Any]
     return row
 
 
-def _selection_metric(search: Mapping[str, Any], task: Task) -> tuple[str, str]:
-    metric = (search.get("metric") or {}).get(task.name) or task.headline_metric
-    mode = (search.get("mode") or {}).get(task.name) or (task.headline_mode if metric == task.headline_metric else "min")
-    if mode not in ("min", "max"):
-        raise SearchSpaceError(f"search.mode[{task.name!r}] must be min or max, got {mode!r}")
+def _selection_metric(options: SearchSchema, task: Task) -> tuple[str, str]:
+    """The out-of-fold metric that ranks the trials and its direction: the task's entries of
+    ``search.metric`` and ``search.mode``, else its headline metric (and mode)."""
+    metric = options.metric.get(task.name, task.headline_metric)
+    mode = options.mode.get(task.name, task.headline_mode if metric == task.headline_metric else "min")
     return metric, mode
 
 
