@@ -113,6 +113,32 @@ def test_augmentation_changes_training_samples_only_and_keeps_shape():
     assert build_augmentation({"enabled": False}) is None
 
 
+def test_bias_field_and_blur_mimic_another_scanner_on_the_image_only():
+    """The bias field multiplies the image by one smooth positive field (background stays 0); the
+    blur removes fine detail; a label map moves with neither."""
+    rng = np.random.default_rng(0)
+    image = np.zeros((1, 16, 16, 16), dtype=np.float32)
+    image[0, 3:13, 3:13, 3:13] = rng.normal(1.0, 0.3, (10, 10, 10))
+    off = {"noise_prob": 0.0, "intensity_prob": 0.0, "flip_prob": 0.0}
+    field = build_augmentation({**off, "bias_field_prob": 1.0, "bias_field_coeff": 0.5})
+    biased = np.asarray(field(torch.from_numpy(image)))
+    brain = image[0] != 0
+    ratio = biased[0][brain] / image[0][brain]
+    assert biased.shape == image.shape and (biased[0][~brain] == 0).all()
+    assert (ratio > 0).all() and ratio.std() > 1e-3  # a multiplicative field that varies ...
+    field_map = biased[0] / np.where(brain, image[0], 1)
+    pairs = brain[1:] & brain[:-1]
+    assert np.corrcoef(field_map[1:][pairs], field_map[:-1][pairs])[0, 1] > 0.95  # ... smoothly, unlike noise
+    blurred = np.asarray(build_augmentation({**off, "smooth_prob": 1.0, "smooth_sigma_vox": 1.5})(torch.from_numpy(image)))
+    assert np.abs(np.diff(blurred[0], axis=0)).mean() < 0.7 * np.abs(np.diff(image[0], axis=0)).mean()
+    label = (image > 1.0).astype(np.float32)
+    both = build_augmentation({**off, "bias_field_prob": 1.0, "smooth_prob": 1.0}, voxelwise="label_map")
+    out = both({"image": torch.from_numpy(image), "target": torch.from_numpy(label)})
+    assert torch.equal(torch.as_tensor(out["target"]), torch.from_numpy(label))
+    assert not torch.equal(torch.as_tensor(out["image"]), torch.from_numpy(image))
+    assert build_augmentation(off) is None  # both at probability 0 (the default): left out
+
+
 def test_dataset_reopens_memmap_instead_of_pickling_the_cohort(tmp_path):
     import pickle
 

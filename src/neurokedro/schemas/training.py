@@ -97,6 +97,13 @@ class AugmentationSchema(StrictSchema):
     rotate_deg: float = Field(5.0, ge=0, description="affine: rotation range, degrees")
     scale: float = Field(0.05, ge=0, description="affine: scaling range, a fraction")
     translate_vox: float = Field(2.0, ge=0, description="affine: translation range, voxels")
+    bias_field_prob: float = Field(0.0, ge=0, le=1, description=(
+        "a smooth multiplicative bias field (MONAI RandBiasField, degree-3 polynomial), as another scanner's "
+        "residual inhomogeneity after N4"))
+    bias_field_coeff: float = Field(0.3, ge=0, description="bias field: polynomial coefficients drawn from U(0, c)")
+    smooth_prob: float = Field(0.0, ge=0, le=1, description=(
+        "Gaussian blur (MONAI RandGaussianSmooth), as a coarser acquisition or another site's reconstruction"))
+    smooth_sigma_vox: float = Field(1.0, gt=0.25, description="blur: sd drawn per axis from U(0.25, s), voxels")
 
 
 #: Lightning's ``precision`` values.
@@ -112,32 +119,46 @@ class TrainingSchema(StrictSchema):
     :func:`~neurokedro.pipelines.modelling.nodes.train_model`)."""
 
     seed: int = 42
-    init_from: str | None = Field(None, description="null: from scratch | autoencoder | an MLflow model URI")
-    ensemble_size: int = Field(1, ge=1, description="networks per fold, seeds seed, seed + 1, ...")
-    refit: bool = Field(False, description="one more network on every training scan after cross-validation")
+    init_from: str | None = Field(None, description=(
+        "null: from scratch | autoencoder: the encoder of `kedro run --pipeline autoencoder` (same fold; needs the "
+        "autoencoder's channels = this sfcn's) | an MLflow model URI"))
+    ensemble_size: int = Field(1, ge=1, description=(
+        "networks per fold (seeds seed, seed + 1, ...), averaged; the K fold models are averaged again for the test set"))
+    refit: bool = Field(False, description=(
+        "after cross-validation, one more network trained on every training scan for the folds' median epochs to "
+        "their best; it predicts the test and new scans (the fold ensemble's test figures kept beside it); "
+        "out-of-fold figures stay the folds'"))
     max_epochs: int = Field(20, ge=1, description="tissue_segmentation's YAML sets 8")
     stop_epoch: int | None = Field(None, ge=1, description=(
         "train only this many epochs of the schedule laid out over max_epochs; None: max_epochs. Set by the "
         "refit (training.refit) to the folds' median epochs to their best"))
     batch_size: int = Field(8, ge=1, description="tissue_segmentation's YAML sets 4")
     num_workers: int = Field(0, ge=0)
-    precision: str | int = "bf16-mixed"
-    channels_last: bool = True
+    precision: str | int = Field("bf16-mixed", description="Lightning's; 32-true for full precision; bf16 halves "
+                                                           "CPU step time where supported")
+    channels_last: bool = Field(True, description="NDHWC memory format, faster 3D convolutions on CPU")
     gradient_clip_val: float = Field(1.0, ge=0)
     loss: LossSchema = Field(default_factory=LossSchema)
     accelerator: str = "auto"
-    devices: int | str | list[int] = 1
+    devices: int | str | list[int] = Field(1, description=(
+        "N > 1: data-parallel (DDP) over N GPUs (or CPU processes with gloo), launched by this run (docs/scaling.md)"))
     strategy: str = Field("auto", description="Lightning's; auto and ddp are ddp_spawn on several devices")
     num_nodes: int = Field(1, ge=1)
-    deterministic: bool = False
+    deterministic: bool = Field(False, description=(
+        "torch's deterministic algorithms. Not needed on the CPU, where the same seed and parameters give "
+        "bit-identical results for a given torch thread count; on a GPU set it for reproducible runs (slower)"))
     progress_bar: bool = True
     test_time_flip: bool = Field(True, description="average each scan and its left-right mirror; the "
                                                    "autoencoder's YAML sets false")
-    test_time_shift_vox: int = Field(0, ge=0)
+    test_time_shift_vox: int = Field(0, ge=0, description="k > 0: also average copies shifted by +-k voxels along "
+                                                          "each axis (7x the views)")
     checkpoint_dir: str | None = Field(None, description=(
         "where each fold's checkpoints go (the task's YAML: data/06_models/<task>/checkpoints); None: a "
         "temporary folder, no resumption"))
-    resume: bool = True
+    resume: bool = Field(True, description=(
+        "continue a killed run from checkpoint_dir/fold_<k>/last.ckpt when this same run wrote it (same parameters, "
+        "data, initial weights, seed; else it is removed with a warning), or return a finished fold's model without "
+        "training; false: always train afresh. Results equal an uninterrupted run's exactly"))
     early_stopping: EarlyStoppingSchema = Field(default_factory=EarlyStoppingSchema)
     swa: SWASchema = Field(default_factory=SWASchema)
     precise_bn: PreciseBNSchema = Field(default_factory=PreciseBNSchema)

@@ -127,6 +127,22 @@ class Float32GaussianNoise(mt.RandGaussianNoise):
         self.noise = noise.mul_(float(std)).add_(float(self.mean if mean is None else mean))
 
 
+def _acquisition_steps(options: AugmentationSchema, voxelwise: bool) -> list[Any]:
+    """Scanner and site effects on the image only: a smooth multiplicative bias field (the
+    polynomial field of Van Leemput et al. 1999, IEEE Trans. Med. Imaging 18:897, as MONAI's
+    ``RandBiasField`` draws it) and a Gaussian blur (a coarser acquisition); each left out at
+    probability 0."""
+    steps: list[Any] = []
+    if options.bias_field_prob > 0:
+        field = {"degree": 3, "coeff_range": (0.0, options.bias_field_coeff), "prob": options.bias_field_prob}
+        steps.append(mt.RandBiasFieldd("image", **field) if voxelwise else mt.RandBiasField(**field))
+    if options.smooth_prob > 0:
+        sigma = (0.25, options.smooth_sigma_vox)
+        blur = {"sigma_x": sigma, "sigma_y": sigma, "sigma_z": sigma, "prob": options.smooth_prob}
+        steps.append(mt.RandGaussianSmoothd("image", **blur) if voxelwise else mt.RandGaussianSmooth(**blur))
+    return steps
+
+
 def build_augmentation(params: AugmentationSchema | Mapping[str, Any] | None,
                        voxelwise: str | None = None) -> mt.Compose | None:
     """MONAI augmentation for training volumes ``(C, D, H, W)`` on a RAS grid.
@@ -135,11 +151,13 @@ def build_augmentation(params: AugmentationSchema | Mapping[str, Any] | None,
         params: the ``training.augmentation`` block (:class:`~neurokedro.schemas.training.AugmentationSchema`,
             or its mapping; an option left out takes the schema's default): ``{"enabled",
             "noise_std", "noise_prob", "intensity_scale", "intensity_prob", "flip_prob",
-            "affine_prob", "rotate_deg", "scale", "translate_vox"}``; ``None`` or ``enabled:
+            "affine_prob", "rotate_deg", "scale", "translate_vox", "bias_field_prob", "bias_field_coeff",
+            "smooth_prob", "smooth_sigma_vox"}``; ``None`` or ``enabled:
             false`` disables augmentation. Noise is Gaussian with sd ``noise_std`` (in z-score
             units), intensity scaling multiplies by ``1 + U(-s, s)``, the flip is left-right (axis
             0 of a RAS grid), the affine is a small random rotation (degrees), scaling and
-            translation (voxels). A transform whose probability is 0 is left out.
+            translation (voxels), the bias field and blur act on the image only
+            (:func:`_acquisition_steps`). A transform whose probability is 0 is left out.
         voxelwise: ``None`` for a per-scan target: the transform takes and returns an image.
             ``"label_map"`` or ``"image"`` for a voxel-wise target: the transform takes and
             returns ``{"image", "target"}``; flips and affines move both alike (a label map
@@ -178,6 +196,7 @@ def build_augmentation(params: AugmentationSchema | Mapping[str, Any] | None,
         factors, prob = options.intensity_scale, options.intensity_prob
         steps.append(mt.RandScaleIntensityd("image", factors=factors, prob=prob) if voxelwise
                      else mt.RandScaleIntensity(factors=factors, prob=prob))
+    steps += _acquisition_steps(options, bool(voxelwise))
     if options.noise_prob > 0:
         std, prob = options.noise_std, options.noise_prob
         if voxelwise:
