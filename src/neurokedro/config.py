@@ -1,10 +1,16 @@
-"""Configuration loading: the project's parameters over the registered tasks' own defaults.
+"""Configuration loading: the project's parameters over the registered tasks' own defaults,
+and the shared ``training`` block beneath every task's.
 
 A task shipped in a plugin package cannot add a ``parameters_<task>.yml`` to the project's
 ``conf/``; it ships its defaults in :attr:`neurokedro.tasks.base.Task.default_parameters`
 instead. :class:`TaskDefaultsConfigLoader` (``CONFIG_LOADER_CLASS`` in ``settings.py``) puts
 them beneath the parameters Kedro loads, so the project's ``conf/<env>/`` and ``--params``
 still override any of them, key by key.
+
+The top-level ``training`` block (``conf/base/parameters_training.yml``; ``--params
+training.precision=32-true``) is merged beneath each task's ``training``, below the task's own
+defaults: a task file holds only what differs for that task. Every option left out everywhere
+takes its schema default (:mod:`neurokedro.schemas.training`).
 """
 
 from __future__ import annotations
@@ -15,6 +21,9 @@ from typing import Any
 from kedro.config import OmegaConfigLoader
 
 from neurokedro import plugins
+
+#: The top-level key of the training options shared by every task.
+SHARED_TRAINING = "training"
 
 
 def merge_beneath(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
@@ -30,7 +39,8 @@ def merge_beneath(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> 
 
 
 def with_task_defaults(parameters: Mapping[str, Any]) -> dict[str, Any]:
-    """The parameters with each registered task's ``default_parameters`` beneath its key.
+    """The parameters with each registered task's ``default_parameters`` beneath its key, and
+    the shared ``training`` block beneath each task's ``training`` (lowest of the three).
 
     Raises:
         neurokedro.plugins.PluginLoadError: if a registered task fails to import.
@@ -38,10 +48,15 @@ def with_task_defaults(parameters: Mapping[str, Any]) -> dict[str, Any]:
     from neurokedro.tasks.base import get_task  # the tasks import torch: only when parameters are read
 
     merged = dict(parameters)
+    shared = parameters.get(SHARED_TRAINING)
     for name in plugins.names("tasks"):
         defaults = get_task(name).default_parameters
         if defaults:
             merged[name] = merge_beneath(defaults, merged.get(name) or {})
+        if isinstance(shared, Mapping) and shared and isinstance(merged.get(name), Mapping):
+            task = dict(merged[name])
+            task["training"] = merge_beneath(shared, task.get("training") or {})
+            merged[name] = task
     return merged
 
 
