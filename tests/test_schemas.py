@@ -87,3 +87,45 @@ def test_the_preprocessing_schema_knows_every_option_the_code_reads():
 
     assert {*VOLUME_OPTIONS, "registration_qc_min_correlation", "time_points", "dtype", "n_workers",
             "registration_seed"} <= set(PreprocessingSchema.model_fields)
+
+
+def test_the_parameter_reference_is_written_from_the_schemas():
+    """docs/parameters.md is generated (``python -m neurokedro.schemas.reference``): a default
+    changed in a schema and not regenerated fails here."""
+    from pathlib import Path
+
+    from neurokedro.schemas.reference import reference
+
+    committed = (Path(__file__).resolve().parents[1] / "docs" / "parameters.md").read_text(encoding="utf-8")
+    assert committed == reference(), "regenerate: python -m neurokedro.schemas.reference > docs/parameters.md"
+    assert "| `<task>.training.max_epochs` |" not in committed  # each block once: the shared training block
+    assert "| `training.max_epochs` | int | `20` |" in committed
+
+
+def test_the_task_files_of_conf_base_hold_only_what_differs_from_the_schema_defaults():
+    from pathlib import Path
+
+    import yaml
+
+    from neurokedro.schemas import TrainingSchema
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    defaults = TrainingSchema().model_dump()
+
+    def leaves(block, prefix=""):
+        for key, value in block.items():
+            if isinstance(value, dict) and value:
+                yield from leaves(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+
+    def default_of(path):
+        node = defaults
+        for part in path.split("."):
+            node = node[part]
+        return node
+
+    for task in TASKS:
+        training = yaml.safe_load((conf / "base" / f"parameters_{task}.yml").read_text())[task]["training"]
+        repeated = [path for path, value in leaves(training) if default_of(path) == value]
+        assert not repeated, f"{task}: conf/base repeats the schema defaults of {repeated}"

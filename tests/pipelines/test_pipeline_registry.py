@@ -129,3 +129,23 @@ def test_a_tasks_default_parameters_sit_beneath_the_projects(monkeypatch, tmp_pa
     loader = TaskDefaultsConfigLoader(conf_source=str(tmp_path), base_env="base", default_run_env="local",
                                       runtime_params={"shipped": {"training": {"max_epochs": 1}}})
     assert loader["parameters"]["shipped"] == {"training": {"max_epochs": 1, "batch_size": 2}, "model": {"name": "sfcn"}}
+
+
+def test_the_shared_training_block_sits_beneath_every_tasks_training(monkeypatch, tmp_path):
+    """Lowest the shared ``training`` block, then a task's shipped defaults, then the task's own
+    YAML; ``--params training.x=...`` reaches every task that does not set x itself."""
+    import dataclasses
+
+    from neurokedro.config import TaskDefaultsConfigLoader
+    from neurokedro.tasks.age_regression import AGE_REGRESSION
+
+    shipped = {"training": {"batch_size": 4, "max_epochs": 30}}
+    _with_task(monkeypatch, dataclasses.replace(AGE_REGRESSION, name="shipped", default_parameters=shipped))
+    (tmp_path / "base").mkdir()
+    (tmp_path / "local").mkdir()
+    (tmp_path / "base" / "parameters.yml").write_text(
+        "training:\n  precision: 32-true\n  batch_size: 16\n  seed: 7\nshipped:\n  training:\n    seed: 3\n")
+    loader = TaskDefaultsConfigLoader(conf_source=str(tmp_path), base_env="base", default_run_env="local",
+                                      runtime_params={"training": {"max_epochs": 2, "progress_bar": False}})
+    training = loader["parameters"]["shipped"]["training"]
+    assert training == {"precision": "32-true", "batch_size": 4, "seed": 3, "max_epochs": 30, "progress_bar": False}
