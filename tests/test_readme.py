@@ -191,7 +191,22 @@ def parameters() -> dict[str | None, dict[str, Any]]:
             shipped[tasks[0]] = yaml.safe_load(_text(files[0])) or {}
     base = _merge(shipped, _env_parameters("base"))
     envs = [p.name for p in (PROJECT_ROOT / "conf").iterdir() if p.is_dir() and p.name != "base"]
-    return {None: base, **{env: _merge(base, _env_parameters(env)) for env in envs}}
+    return {None: _with_schema_defaults(base),
+            **{env: _with_schema_defaults(_merge(base, _env_parameters(env))) for env in envs}}
+
+
+def _with_schema_defaults(tree: Mapping[str, Any]) -> dict[str, Any]:
+    """``tree`` over every schema's defaults (:mod:`neurokedro.schemas`): an option the YAML
+    leaves out exists too, with its default."""
+    from neurokedro.schemas.validate import PER_TASK, TOP_LEVEL
+
+    out = {key: _merge(schema().model_dump(), tree.get(key) or {}) for key, schema in TOP_LEVEL.items()}
+    out = _merge(out, {key: value for key, value in tree.items() if key not in TOP_LEVEL})
+    for task, block in tree.items():
+        if isinstance(block, Mapping) and "training" in block:
+            out[task] = _merge(dict(block), {key: _merge(schema().model_dump(), block.get(key) or {})
+                                             for key, schema in PER_TASK.items() if key in block or key not in TOP_LEVEL})
+    return out
 
 
 def _has_key(tree: Mapping[str, Any], dotted: str) -> bool:
