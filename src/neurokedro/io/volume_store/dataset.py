@@ -106,18 +106,9 @@ class VolumeStoreDataset(AbstractDataset[VolumeStore | LazyVolumeStore, VolumeSt
     # ----------------------------------------------------------------------------------- load
 
     def load(self) -> VolumeStore:
-        """Open the store, memory-mapping images and labels.
-
-        Returns:
-            A :class:`VolumeStore` whose ``images``/``labels`` are ``np.memmap`` (unless
-            ``mmap_mode`` is None), ``affines`` in RAM, ``index`` with the columns as saved
-            (string columns stay strings, e.g. ``"001"``) and ``meta`` as saved.
-
-        Raises:
-            DatasetError: If the folder is missing, incomplete (an interrupted save: no
-                ``meta.json`` or no ``"complete": true``), of an unknown format version, or its
-                files disagree with ``meta.json``. The message names the folder.
-        """
+        """Open the store, memory-mapping images and labels (:func:`~neurokedro.io.volume_store.reader.read_store`,
+        whose docstring gives what it returns and raises: a ``DatasetError`` naming the folder
+        for a missing, incomplete or inconsistent store)."""
         return read_store(self._filepath, self._mmap_mode)
 
     # ----------------------------------------------------------------------------------- save

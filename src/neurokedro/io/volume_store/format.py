@@ -5,14 +5,7 @@ version, the image and label dtypes, the header written to ``meta.json``, readin
 ``meta.json`` (atomically) and ``index.csv`` (restoring column dtypes), casting label maps to
 the stored int16, and :func:`read_row`, which reads one volume of a memory-mapped array without
 keeping its pages mapped. It imports no other module of the package, so every other one can
-import it. The folder it describes::
-
-    <filepath>/
-      images.npy    (N, C, D, H, W) float16 | float32   intensities on the common grid
-      labels.npy    (N, 1, D, H, W) int16               label maps (only when the store has labels)
-      affines.npy   (N, 4, 4) float64                   voxel index -> RAS mm, per volume
-      index.csv     one row per volume, in array order; column ``row`` is the position along N
-      meta.json     shapes, dtypes, user metadata, and ``"complete": true`` written last
+import it. The folder's layout is drawn in the package docstring (:mod:`neurokedro.io.volume_store`).
 """
 
 from __future__ import annotations
