@@ -26,6 +26,8 @@ class StrictSchema(BaseModel):
         """The typed block of ``params``, every option left out taking the schema's default.
 
         This is how code reads its parameters: the schema is the one home of every default.
+        A Kedro node's parameter stays annotated ``Mapping[str, Any]`` (Kedro would try, and
+        warn, to validate a ``Mapping | Schema`` union itself) and calls this first.
 
         Args:
             params: the block as Kedro passes it (a mapping; None or {} for all defaults), or an

@@ -80,7 +80,7 @@ def build_cohort_table(cohort: Mapping[str, Any]) -> pd.DataFrame:
 
 
 def encode_labels(
-    cohort_table: pd.DataFrame, labels: Mapping[str, Any] | LabelsSchema
+    cohort_table: pd.DataFrame, labels: Mapping[str, Any]
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Parse ages and sexes into numbers; unparseable or impossible values become findings.
 
@@ -127,7 +127,7 @@ def encode_labels(
 
 
 def check_scans(
-    cohort_table: pd.DataFrame, preprocessing: Mapping[str, Any] | PreprocessingSchema | None = None
+    cohort_table: pd.DataFrame, preprocessing: Mapping[str, Any] | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Quality-check every scan; exclude the unusable ones and say why.
 
@@ -197,7 +197,7 @@ def check_scans(
 
 
 def preprocess_scans(
-    cohort_table: pd.DataFrame, preprocessing: Mapping[str, Any] | PreprocessingSchema
+    cohort_table: pd.DataFrame, preprocessing: Mapping[str, Any]
 ) -> LazyVolumeStore:
     """Preprocess every QC-passed scan into the volume store (lazily: one scan at a time).
 
@@ -294,7 +294,7 @@ def summarise_intensities(volume_store: VolumeStore) -> pd.DataFrame:
 
 
 def plot_registration_qc(
-    volume_store: VolumeStore, preprocessing: Mapping[str, Any] | PreprocessingSchema
+    volume_store: VolumeStore, preprocessing: Mapping[str, Any]
 ) -> dict[str, Callable[[], Any]]:
     """One registration QC figure per registered scan: the scan in MNI space with the contour of
     the template's brain mask (sagittal, coronal and axial slices through the mask's centre),

@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 SPLITS = ("train", "validation", "test")
 
 
-def split_by_subject(volume_store: VolumeStore, split: Mapping[str, Any] | SplitSchema) -> pd.DataFrame:
+def split_by_subject(volume_store: VolumeStore, split: Mapping[str, Any]) -> pd.DataFrame:
     """Subject-grouped, stratified split: a held-out test set and K cross-validation folds.
 
     The test set is drawn first (about ``test_fraction`` of the subjects); the other subjects

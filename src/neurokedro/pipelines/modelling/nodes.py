@@ -259,7 +259,7 @@ def _train_network(
                labels=volume_store.labels)
 
 
-def describe_fit(task: Task, history: pd.DataFrame, training: TrainingSchema | Mapping[str, Any], name: str) -> str:
+def describe_fit(task: Task, history: pd.DataFrame, training: Mapping[str, Any], name: str) -> str:
     """One line on a finished fit: its best validation epoch and metric, how many epochs ran and why.
 
     Args:
@@ -293,7 +293,7 @@ def predict_scans(
     model: nn.Module,
     volume_store: VolumeStore,
     task_scans: pd.DataFrame,
-    training: TrainingSchema | Mapping[str, Any],
+    training: Mapping[str, Any],
     evaluation: Mapping[str, Any] | None,
     task_name: str,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -365,7 +365,7 @@ def stack_with_tissue_volumes(
     network_predictions: pd.DataFrame,
     network_fold_predictions: pd.DataFrame,
     volume_store: VolumeStore,
-    stacking: StackingSchema | Mapping[str, Any] | None,
+    stacking: Mapping[str, Any] | None,
     task_name: str,
     segmentation_model: nn.Module | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
