@@ -60,11 +60,49 @@ def with_task_defaults(parameters: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def with_schema_defaults(parameters: Mapping[str, Any], task_names: list[str]) -> dict[str, Any]:
+    """The parameters with every schema block filled in: each option left out takes its schema
+    default (:mod:`neurokedro.schemas`), so nodes, MLflow's logged parameters and kedro-viz see
+    the values a run really uses. A block that does not validate is left as it is, for
+    :func:`~neurokedro.schemas.validate_parameters` to report with every other problem.
+
+    Args:
+        parameters: the merged parameters (:func:`with_task_defaults`).
+        task_names: the registered tasks, whose ``training``, ``stacking`` and ``evaluation``
+            blocks are filled (and ``preprocessing``, ``split`` where a task has its own).
+    """
+    from neurokedro.schemas import ParameterError
+    from neurokedro.schemas.validate import PER_TASK, TOP_LEVEL
+
+    def filled(block: Any, schema: Any) -> Any:
+        if block is not None and not isinstance(block, Mapping):
+            return block
+        try:
+            return schema.from_params(block).model_dump(mode="json")
+        except ParameterError:
+            return block
+
+    out = dict(parameters)
+    for key, schema in TOP_LEVEL.items():
+        if key in out or key != SHARED_TRAINING:
+            out[key] = filled(out.get(key), schema)
+    for name in task_names:
+        if isinstance(out.get(name), Mapping):
+            task = dict(out[name])
+            for key, schema in PER_TASK.items():
+                if key in task or key not in TOP_LEVEL:
+                    task[key] = filled(task.get(key), schema)
+            out[name] = task
+    return out
+
+
 class TaskDefaultsConfigLoader(OmegaConfigLoader):
     """Kedro's ``OmegaConfigLoader`` whose ``"parameters"`` include the registered tasks'
-    default parameters beneath the project's (see the module docstring); every other key is
-    loaded unchanged."""
+    default parameters beneath the project's and every schema default (see the module
+    docstring); every other key is loaded unchanged."""
 
     def __getitem__(self, key: str) -> dict[str, Any]:
         config = super().__getitem__(key)
-        return with_task_defaults(config) if key == "parameters" else config
+        if key != "parameters":
+            return config
+        return with_schema_defaults(with_task_defaults(config), plugins.names("tasks"))
