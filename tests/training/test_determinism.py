@@ -13,6 +13,7 @@ import torch
 import yaml
 from conftest import make_head
 
+from neurokedro.schemas.training import TrainingSchema
 from neurokedro.imaging.preprocess import preprocess_scan
 from neurokedro.io.volume_store import VolumeStore
 from neurokedro.models import build_model
@@ -25,9 +26,11 @@ CONF = Path(__file__).resolve().parents[2] / "conf" / "base"
 
 
 def conf_training(task: str) -> dict:
-    """The task's default ``training`` parameters (conf/base), shrunk to a few quick epochs."""
+    """The task's default ``training`` parameters (conf/base over the schema's defaults), shrunk
+    to a few quick epochs."""
     training = yaml.safe_load((CONF / f"parameters_{task}.yml").read_text())[task]["training"]
-    return {**training, "max_epochs": 3, "batch_size": 4, "progress_bar": False, "checkpoint_dir": None}
+    filled = TrainingSchema.from_params(training).model_dump()
+    return {**filled, "max_epochs": 3, "batch_size": 4, "progress_bar": False, "checkpoint_dir": None}
 
 
 def fit_age(params, model=None):
