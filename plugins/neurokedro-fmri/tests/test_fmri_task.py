@@ -40,7 +40,7 @@ def test_project_conf_and_runtime_params_override_the_shipped_defaults(tmp_path)
     assert training["batch_size"] == 2           # conf/base
     assert training["precision"] == "32-true"    # the plugin's default
     assert params["fmri_age_regression"]["model"]["name"] == "cnn_rnn"
-    assert params["labels"] == {"age": {"min": 0}}
+    assert params["labels"]["age"] == {"min": 0, "max": 120}  # conf/base over the labels schema's default
     assert "age_regression" not in params        # built-in tasks ship no defaults: conf/ has theirs
 
 
