@@ -33,7 +33,6 @@ import glob
 import io
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -45,6 +44,7 @@ import numpy as np
 import pandas as pd
 
 from neurokedro.cohorts.base import CohortAdapter, standardise_columns
+from neurokedro.schemas.cohort import DemoCohortSchema, SyntheticHeadSchema
 
 # The generator's names are re-exported here, where they lived before it became its own package
 # (tests and plugins import them from neurokedro.cohorts.demo). DemoCohort calls
@@ -98,31 +98,18 @@ class DemoCohort(CohortAdapter):
     records which files this class owns; it never deletes or overwrites any other file.
 
     Args:
-        n_subjects (int): number of subjects (>= 1). Default 60.
-        seed (int): random seed (>= 0); the same seed gives byte-identical files in the same
-            software environment. Default 0.
-        output_dir (str): folder for the images, ``participants.csv`` and ``manifest.json``;
-            relative paths are taken from the working directory (the Kedro project root).
-            Default ``"data/01_raw/demo"``.
-        resolution_mm (float): isotropic voxel size in mm. 2.0 gives a (99, 117, 95) grid,
-            1.0 a (197, 233, 189) grid (about 8x slower), other sizes are resampled.
-            Default 2.0.
-        age_range (sequence of 2 floats): ``[min, max]`` age in years. Default ``[20, 85]``.
-            The ageing model shows no atrophy below 20.
-        noise_sd (float): Rician noise sd relative to white-matter intensity (>= 0).
-            Default 0.03.
-        max_rotation_deg (float): maximum rotation about each axis in degrees. Default 4.
-        max_translation_mm (float): maximum translation along each axis in mm. Default 4.
-        sex_scale (float): male heads are ``1 + sex_scale`` times larger than female heads
-            (linear). Default 0.06.
-        scale_jitter_sd (float): sd of the per-subject linear scale jitter. Default 0.02.
-        brain_age_gap_sd (float): sd in years of the anatomy's age around the stated age; it
-            bounds how well age can be predicted. Default 3.0.
-        scalp (bool): add a CSF/skull/scalp shell around the brain. Default True.
-        n_jobs (int | None): threads used for generation (None: up to 4, by CPU count).
+        **options: the ``cohort.demo`` options, each defaulting to
+            :class:`~neurokedro.schemas.cohort.DemoCohortSchema`'s value (the one home of their
+            defaults and descriptions: ``n_subjects``, ``seed``, ``output_dir``, ``age_range``,
+            ``n_jobs``, and the head options of
+            :class:`~neurokedro.schemas.cohort.SyntheticHeadSchema`: ``resolution_mm`` (2.0 gives
+            a (99, 117, 95) grid, 1.0 a (197, 233, 189) grid, other sizes are resampled),
+            ``noise_sd``, ``max_rotation_deg``, ``max_translation_mm``, ``sex_scale``,
+            ``scale_jitter_sd``, ``brain_age_gap_sd``, ``scalp``).
 
     Raises:
-        ValueError: for an invalid option (message names it).
+        neurokedro.schemas.ParameterError: (a ``ValueError``) naming an unknown, mistyped or
+            out-of-range option.
 
     Attributes:
         synthetic: always True.
@@ -136,54 +123,17 @@ class DemoCohort(CohortAdapter):
 
     synthetic: ClassVar[bool] = True
 
-    def __init__(
-        self,
-        n_subjects: int = 60,
-        seed: int = 0,
-        output_dir: str = "data/01_raw/demo",
-        resolution_mm: float = 2.0,
-        age_range: Sequence[float] = (20.0, 85.0),
-        noise_sd: float = 0.03,
-        max_rotation_deg: float = 4.0,
-        max_translation_mm: float = 4.0,
-        sex_scale: float = 0.06,
-        scale_jitter_sd: float = 0.02,
-        brain_age_gap_sd: float = 3.0,
-        scalp: bool = True,
-        n_jobs: int | None = None,
-    ) -> None:
-        def number(name: str, value: Any, minimum: float = 0.0, strict: bool = False) -> float:
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not math.isfinite(value):
-                raise ValueError(f"demo cohort option {name} must be a finite number, got {value!r}")
-            if value < minimum or (strict and value == minimum):
-                raise ValueError(f"demo cohort option {name} must be {'>' if strict else '>='} {minimum}, got {value}")
-            return float(value)
+    #: The adapter's options and their defaults (``cohort.demo.*``), checked before a run starts.
+    schema: ClassVar[type[DemoCohortSchema]] = DemoCohortSchema
 
-        def integer(name: str, value: Any, minimum: int) -> int:
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-                raise ValueError(f"demo cohort option {name} must be an integer >= {minimum}, got {value!r}")
-            return int(value)
-
-        self.n_subjects = integer("n_subjects", n_subjects, 1)
-        self.seed = integer("seed", seed, 0)
-        self.output_dir = str(output_dir)
-        self.resolution_mm = number("resolution_mm", resolution_mm, 0.0, strict=True)
-        if isinstance(age_range, (str, bytes)) or len(age_range) != 2:
-            raise ValueError(f"demo cohort option age_range must be [min, max] in years, got {age_range!r}")
-        low, high = (number("age_range", a) for a in age_range)
-        if not low < high:
-            raise ValueError(f"demo cohort option age_range must have min < max, got {list(age_range)}")
-        self.age_range = (low, high)
-        self.noise_sd = number("noise_sd", noise_sd)
-        self.max_rotation_deg = number("max_rotation_deg", max_rotation_deg)
-        self.max_translation_mm = number("max_translation_mm", max_translation_mm)
-        self.sex_scale = number("sex_scale", sex_scale, -0.5)
-        self.scale_jitter_sd = number("scale_jitter_sd", scale_jitter_sd)
-        self.brain_age_gap_sd = number("brain_age_gap_sd", brain_age_gap_sd)
-        if not isinstance(scalp, bool):
-            raise ValueError(f"demo cohort option scalp must be true or false, got {scalp!r}")
-        self.scalp = scalp
-        self.n_jobs = None if n_jobs is None else integer("n_jobs", n_jobs, 1)
+    def __init__(self, **options: Any) -> None:
+        self.options = DemoCohortSchema.from_params(options, "cohort.demo")
+        self.n_subjects = self.options.n_subjects
+        self.seed = self.options.seed
+        self.output_dir = self.options.output_dir
+        self.resolution_mm = self.options.resolution_mm
+        self.age_range = tuple(self.options.age_range)
+        self.n_jobs = self.options.n_jobs
 
     # -- parameters --------------------------------------------------------------------------
 
@@ -191,21 +141,9 @@ class DemoCohort(CohortAdapter):
         """Everything the generated files depend on (recorded in ``manifest.json``)."""
         import nilearn
 
-        return {
-            "generator_version": GENERATOR_VERSION,
-            "nilearn_version": nilearn.__version__,
-            "n_subjects": self.n_subjects,
-            "seed": self.seed,
-            "resolution_mm": self.resolution_mm,
-            "age_range": list(self.age_range),
-            "noise_sd": self.noise_sd,
-            "max_rotation_deg": self.max_rotation_deg,
-            "max_translation_mm": self.max_translation_mm,
-            "sex_scale": self.sex_scale,
-            "scale_jitter_sd": self.scale_jitter_sd,
-            "brain_age_gap_sd": self.brain_age_gap_sd,
-            "scalp": self.scalp,
-        }
+        head = self.options.model_dump(include=set(SyntheticHeadSchema.model_fields))
+        return {"generator_version": GENERATOR_VERSION, "nilearn_version": nilearn.__version__,
+                "n_subjects": self.n_subjects, "seed": self.seed, "age_range": list(self.age_range), **head}
 
     def participants(self) -> pd.DataFrame:
         """Subject ids, ages (years, 2 decimals) and sexes, drawn from ``default_rng(seed)``.
@@ -323,19 +261,8 @@ class DemoCohort(CohortAdapter):
 
     def _make_subject(self, out: Path, row: Any, index: int) -> None:
         """Generate subject number ``index`` (a ``people`` row) and write its two images."""
-        subject = synthesise_subject(
-            row.age,
-            row.sex,
-            self._subject_rng(index),
-            resolution_mm=self.resolution_mm,
-            noise_sd=self.noise_sd,
-            max_rotation_deg=self.max_rotation_deg,
-            max_translation_mm=self.max_translation_mm,
-            sex_scale=self.sex_scale,
-            scale_jitter_sd=self.scale_jitter_sd,
-            brain_age_gap_sd=self.brain_age_gap_sd,
-            scalp=self.scalp,
-        )
+        head = self.options.model_dump(include=set(SyntheticHeadSchema.model_fields))
+        subject = synthesise_subject(row.age, row.sex, self._subject_rng(index), **head)
         t1_name, dseg_name = _subject_files(row.participant_id)
         write_subject(subject, out / t1_name, out / dseg_name)
 

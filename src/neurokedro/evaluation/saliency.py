@@ -193,7 +193,8 @@ def saliency_map(
             else:
                 cuda = [device.index or 0] if device.type == "cuda" else []
                 with torch.enable_grad(), torch.random.fork_rng(devices=cuda):  # SmoothGrad's noise, reproducible
-                    torch.manual_seed(int(opts.get("seed", 0)) + int(row))
+                    if "seed" in opts:  # smooth_grad's option; vanilla_grad draws nothing
+                        torch.manual_seed(int(opts["seed"]) + int(row))
                     raw = gradient(x, index=0, retain_graph=False)  # (1, C, D, H, W)
             volume = raw.detach().abs().amax(dim=1)[0].float().cpu().numpy()
             total += _normalise(volume, float(opts["percentile"]))

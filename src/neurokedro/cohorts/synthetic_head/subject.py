@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import ndimage
 
 from neurokedro.cohorts.synthetic_head.template import _T1_CSF, _T1_GM, _T1_WM, TemplateMaps, load_template_maps
+from neurokedro.schemas.cohort import SyntheticHeadSchema
 
 __all__ = ["TISSUE_LABELS", "SyntheticSubject", "synthesise_subject"]
 
@@ -100,15 +101,7 @@ def synthesise_subject(
     age: float,
     sex: str,
     rng: np.random.Generator,
-    *,
-    resolution_mm: float = 2.0,
-    noise_sd: float = 0.03,
-    max_rotation_deg: float = 4.0,
-    max_translation_mm: float = 4.0,
-    sex_scale: float = 0.06,
-    scale_jitter_sd: float = 0.02,
-    brain_age_gap_sd: float = 3.0,
-    scalp: bool = True,
+    **options: Any,
 ) -> SyntheticSubject:
     """Generate one subject's T1-weighted image and tissue label map from MNI152.
 
@@ -121,34 +114,33 @@ def synthesise_subject(
             extrapolated up to 110); younger ages show none.
         sex: ``"M"`` or ``"F"``.
         rng: the subject's random generator (``numpy.random.Generator``).
-        resolution_mm: template voxel size in mm.
-        noise_sd: sd of the Rician noise relative to white-matter intensity (0: none).
-        max_rotation_deg: rotation about each axis is uniform in ``±max_rotation_deg`` degrees.
-        max_translation_mm: translation along each axis is uniform in ``±max_translation_mm``.
-        sex_scale: male/female ratio of linear head size minus 1 (0.06: males 6 % larger);
-            the two sexes are scaled symmetrically about the template.
-        scale_jitter_sd: sd of the per-subject isotropic linear scale (fraction; half of it
-            is added per axis as anisotropy).
-        brain_age_gap_sd: sd (years) of the difference between the age the anatomy shows and
-            ``age``.
-        scalp: surround the brain with a CSF/skull/scalp shell so the image looks unstripped.
+        **options: the head's options (:class:`~neurokedro.schemas.cohort.SyntheticHeadSchema`,
+            which holds their defaults): ``resolution_mm`` (template voxel size), ``noise_sd``
+            (Rician noise relative to white-matter intensity), ``max_rotation_deg`` and
+            ``max_translation_mm`` (uniform pose ranges about each axis), ``sex_scale`` (male/female
+            ratio of linear head size minus 1, applied symmetrically about the template),
+            ``scale_jitter_sd`` (per-subject isotropic scale sd; half of it per axis as
+            anisotropy), ``brain_age_gap_sd`` (sd in years of the anatomy's age around ``age``),
+            ``scalp`` (a CSF/skull/scalp shell around the brain).
 
     Returns:
         :class:`SyntheticSubject` on the template grid.
 
     Raises:
         ValueError: if ``sex`` is not ``"M"`` or ``"F"``.
+        neurokedro.schemas.ParameterError: (a ``ValueError``) for an unknown or invalid option.
     """
     if sex not in ("M", "F"):
         raise ValueError(f"sex must be 'M' or 'F', got {sex!r}")
-    tpl = load_template_maps(float(resolution_mm))
+    head = SyntheticHeadSchema.from_params(options, "synthetic_head")
+    tpl = load_template_maps(head.resolution_mm)
     draws = _draw_subject(
-        age, sex, rng, max_rotation_deg=max_rotation_deg, max_translation_mm=max_translation_mm,
-        sex_scale=sex_scale, scale_jitter_sd=scale_jitter_sd, brain_age_gap_sd=brain_age_gap_sd,
+        age, sex, rng, max_rotation_deg=head.max_rotation_deg, max_translation_mm=head.max_translation_mm,
+        sex_scale=head.sex_scale, scale_jitter_sd=head.scale_jitter_sd, brain_age_gap_sd=head.brain_age_gap_sd,
     )
-    t1, labels = _aged_tissues(tpl, draws, scalp)
+    t1, labels = _aged_tissues(tpl, draws, head.scalp)
     t1, labels = _place_head(tpl, draws, t1, labels)
-    t1 = _acquire(t1, draws.mu_wm, noise_sd, rng)
+    t1 = _acquire(t1, draws.mu_wm, head.noise_sd, rng)
     return SyntheticSubject(t1.astype(np.float32, copy=False), labels, tpl.affine.copy())
 
 
