@@ -57,3 +57,10 @@ def test_real_dlmuse_map_collapses_to_plausible_tissue_volumes(ixi_dir):
     assert (tissue[inside] > 0).mean() > 0.999  # every labelled voxel but a handful gets a tissue
     ml = {name: (tissue == k).sum() * 8 / 1000 for k, name in TISSUE_CLASSES.items() if k}  # 2 mm voxels
     assert 400 < ml["GM"] < 900 and 300 < ml["WM"] < 700 and 50 < ml["CSF"] < 600
+
+
+def test_a_lookup_table_edited_in_place_is_read_again(muse_csv):
+    labels = np.array([0, 1, 4, 23, 40])
+    np.testing.assert_array_equal(tissue_classes_from_labels(labels, muse_csv), [0, 1, 1, 2, 3])
+    muse_csv.write_text(MUSE_TABLE.replace("601,GM,23", "601,GM,23,40").replace("604,WM,40", "604,WM,99"))
+    np.testing.assert_array_equal(tissue_classes_from_labels(labels, muse_csv), [0, 1, 1, 2, 2])

@@ -11,9 +11,10 @@ options that shape it (:func:`preprocessing_compute_params`) and
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import nibabel as nib
@@ -23,12 +24,13 @@ import pandas as pd
 from neurokedro.imaging.brain_extraction import deepbet_version, extract_brain, mask_dice, mask_volume_ml
 from neurokedro.imaging.preprocess import preprocess_scan, preprocessing_options
 from neurokedro.imaging.spatial import reorient_to_ras
-from neurokedro.imaging.tissue import resample_tissue_classes
 from neurokedro.io.volume_store import PreprocessedVolume
 from neurokedro.schemas.preprocessing import PreprocessingSchema
 
 #: Bump when a change to the preprocessing code changes its output, so cached volumes are recomputed.
-PREPROCESSING_CODE_VERSION = 2
+#: 3: resampling on one sampling grid per scan with torch ``grid_sample`` (linear) and an exact
+#: gather (nearest) instead of nilearn/scipy: the same method, the values change by rounding.
+PREPROCESSING_CODE_VERSION = 3
 
 #: The options hashed into every scan's cache key, whatever their values (others enter only when
 #: they are on: :func:`preprocessing_compute_params`). A new option added here changes the key of
@@ -67,6 +69,14 @@ class ScanPreprocessor:
     (``RegistrationError``) or correlates below ``registration_qc_min_correlation``
     (:class:`RegistrationQCError`) raises, which the volume store records as
     ``preprocess_ok=False``.
+
+    Torch threads: with ``n_workers > 1`` each scan is computed on one torch thread (the worker
+    processes share the cores); with 1, deepbet keeps torch's own setting, and only the
+    resampling (:func:`~neurokedro.imaging.preprocess.preprocess_scan`) runs on one thread:
+    torch's 3D ``grid_sample`` on CPU is parallel over the batch only (one scan here), so more
+    threads would only split the Gaussian's passes, while OpenMP threads waiting on a busy
+    machine slow every pass down. The previous setting is restored after each scan (a scan may
+    be computed in the calling process).
 
     Args:
         image_paths: one scan per row.
@@ -119,6 +129,11 @@ class ScanPreprocessor:
         return np.asarray(result.transform, dtype=float), info
 
     def __call__(self, i: int) -> PreprocessedVolume:
+        with _torch_threads(1 if self.options.n_workers > 1 else None):
+            return self._preprocess(i)
+
+    def _preprocess(self, i: int) -> PreprocessedVolume:
+        """Load, extract the brain, register and preprocess scan ``i`` (``__call__``)."""
         image = nib.load(self.image_paths[i])
         label_path = self.label_paths[i]
         label = nib.load(label_path) if label_path else None
@@ -130,17 +145,32 @@ class ScanPreprocessor:
             info = _brain_info(brain, label, self.options.brain_extraction)
         transform, registered = self._register(image, brain)
         info.update(registered)
-        lookup = self.label_lookups[i]
-        volume = preprocess_scan(image, label, self.options, keep_label=not lookup, transform=transform, brain=brain)
-        if label is not None and lookup:
-            # Region codes (e.g. DLMUSE) -> tissue classes on the grid by partial volume.
-            if transform is not None:
-                from neurokedro.imaging.registration import move_to_template
-
-                label = move_to_template(label, transform)
-            volume.label = resample_tissue_classes(label, lookup, volume.affine, volume.image.shape[1:])
+        # Region codes (e.g. DLMUSE) with a lookup table -> tissue classes on the grid by partial volume.
+        lookup = self.label_lookups[i] or None
+        with _torch_threads(1):
+            volume = preprocess_scan(image, label, self.options, transform=transform, brain=brain,
+                                     tissue_lookup=lookup)
         volume.info = info
         return volume
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to ``n`` inside the block and restored after; None: unchanged."""
+    if n is None:
+        yield
+        return
+    import torch
+
+    previous = torch.get_num_threads()
+    if previous == n:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _brain_info(brain: nib.spatialimages.SpatialImage | None, label: nib.spatialimages.SpatialImage | None,

@@ -25,14 +25,14 @@ any other code, and 0                          background (0)
 from __future__ import annotations
 
 import csv
-import warnings
+import functools
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from neurokedro.imaging.spatial import reorient_to_ras, resample_to_grid
+from neurokedro.imaging.spatial import resample_channels, sampling_grid
 
 #: Class index -> name of the tissue classes, in label-map order.
 TISSUE_CLASSES: dict[int, str] = {0: "background", 1: "CSF", 2: "GM", 3: "WM"}
@@ -106,6 +106,8 @@ def apply_lookup(labels: np.ndarray, lookup: Mapping[int, int]) -> np.ndarray:
     for code, cls in lookup.items():
         if code >= 0:
             table[code] = cls
+    if labels.dtype.kind == "u":  # already non-negative integers: index the table directly
+        return table[labels]
     return table[np.clip(labels, 0, None).astype(np.int64)]
 
 
@@ -118,7 +120,9 @@ def tissue_classes_from_labels(labels: np.ndarray, lookup_table: str | Path | No
             tissue classes 0-3 (returned as int16 unchanged).
 
     Raises:
-        ValueError: without a table, if the map holds values outside 0-3.
+        FileNotFoundError: if ``lookup_table`` does not exist.
+        ValueError: without a table, if the map holds values outside 0-3; with one, as
+            :func:`read_muse_mapping` and :func:`muse_tissue_lookup`.
     """
     if lookup_table is None:
         labels = np.asarray(labels)
@@ -126,7 +130,63 @@ def tissue_classes_from_labels(labels: np.ndarray, lookup_table: str | Path | No
             raise ValueError(f"label map values {int(labels.min())}..{int(labels.max())} are not tissue classes 0-3; "
                              "give the cohort a label_lookup table (e.g. muse_mapping_derived.csv)")
         return labels.astype(np.int16)
-    return apply_lookup(labels, muse_tissue_lookup(read_muse_mapping(lookup_table)))
+    path = Path(lookup_table)
+    stat = path.stat()  # the table's identity: a file edited in place is read again
+    return apply_lookup(labels, _muse_lookup(str(path.resolve()), stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=8)
+def _muse_lookup(path: str, mtime_ns: int, size: int) -> dict[int, int]:
+    """:func:`muse_tissue_lookup` of the table at ``path``, read once per version of the file
+    (every scan of a cohort shares one table)."""
+    return muse_tissue_lookup(read_muse_mapping(path))
+
+
+def tissue_indicators(labels: np.ndarray, lookup_table: str | Path | None) -> list[np.ndarray]:
+    """Indicator of each tissue class but the background, on the label map's own grid: the
+    channels whose linear interpolation gives the class fractions (:func:`classes_from_fractions`).
+
+    Args:
+        labels: integer label map ``(X, Y, Z)`` (region codes, or tissue classes when
+            ``lookup_table`` is None).
+        lookup_table: MUSE derived-ROI table, or None (:func:`tissue_classes_from_labels`).
+
+    Returns:
+        Three bool ``(X, Y, Z)`` arrays: CSF, GM, WM (classes 1, 2, 3 of :data:`TISSUE_CLASSES`).
+
+    Raises:
+        ValueError: as :func:`tissue_classes_from_labels`.
+    """
+    tissue = tissue_classes_from_labels(np.asanyarray(labels), lookup_table)
+    return [tissue == k for k in sorted(TISSUE_CLASSES)[1:]]
+
+
+def classes_from_fractions(fractions: np.ndarray) -> np.ndarray:
+    """Tissue class of largest fraction per voxel, the background's fraction being what the
+    three tissue classes leave (linear interpolation of indicators sums to 1 in the field of
+    view; outside it every fraction is 0 and the background wins).
+
+    Args:
+        fractions: float ``(3, D, H, W)``: CSF, GM, WM fractions (:func:`tissue_indicators`
+            resampled linearly).
+
+    Returns:
+        int16 ``(D, H, W)`` classes of :data:`TISSUE_CLASSES` (ties go to the lower class).
+
+    Raises:
+        ValueError: if ``fractions`` does not have 3 channels.
+    """
+    fractions = np.asarray(fractions)
+    if fractions.ndim < 1 or fractions.shape[0] != len(TISSUE_CLASSES) - 1:
+        raise ValueError(f"expected {len(TISSUE_CLASSES) - 1} tissue fractions (CSF, GM, WM), "
+                         f"got shape {fractions.shape}")
+    best = 1.0 - fractions.sum(axis=0)  # the background's fraction
+    classes = np.zeros(fractions.shape[1:], dtype=np.int16)
+    for k, fraction in enumerate(fractions, start=1):  # a strictly larger fraction takes the voxel
+        larger = fraction > best
+        classes[larger] = k
+        np.maximum(best, fraction, out=best)
+    return classes
 
 
 def resample_tissue_classes(
@@ -139,10 +199,13 @@ def resample_tissue_classes(
 
     The label map is first mapped to tissue classes on its own grid
     (:func:`tissue_classes_from_labels`); each class's indicator is resampled with linear
-    interpolation (nilearn) and each target voxel gets the class of largest weight, as ANTs'
-    ``GenericLabel`` interpolator does. Nearest-neighbour resampling instead keeps whichever
-    source voxel lies nearest the target voxel's centre, which turns thin structures (sulcal
-    CSF, the cortical ribbon at 3 mm) into speckle.
+    interpolation (:func:`~neurokedro.imaging.spatial.resample_channels`: the three classes in
+    one torch ``grid_sample`` call) and each target voxel gets the class of largest weight, as
+    ANTs' ``GenericLabel`` interpolator does. Nearest-neighbour resampling instead keeps
+    whichever source voxel lies nearest the target voxel's centre, which turns thin structures
+    (sulcal CSF, the cortical ribbon at 3 mm) into speckle.
+    :func:`~neurokedro.imaging.preprocess.preprocess_scan` (``tissue_lookup``) does the same
+    together with the image, on one sampling grid.
 
     Args:
         label: the label map (region codes, or tissue classes when ``lookup_table`` is None).
@@ -151,18 +214,11 @@ def resample_tissue_classes(
         shape: target ``(D, H, W)``.
 
     Returns:
-        int16 ``(D, H, W)`` classes of :data:`TISSUE_CLASSES`.
+        int16 ``(D, H, W)`` classes of :data:`TISSUE_CLASSES`; 0 outside the label map's field of view.
+
+    Raises:
+        ValueError: as :func:`tissue_classes_from_labels`, or for an affine that is not invertible.
     """
-    # On the RAS axes of the target grid first (flips and permutations only): scipy then takes
-    # its separable zoom/shift path rather than a general transform, which is much faster.
-    label = reorient_to_ras(label)
-    tissue = tissue_classes_from_labels(np.asanyarray(label.dataobj), lookup_table)
-    # The tissue classes only: the background's fraction is what they leave (interpolation is
-    # linear, so the fractions sum to 1), one resampling fewer.
-    onehot = np.stack([(tissue == k) for k in sorted(TISSUE_CLASSES)[1:]], axis=-1).astype(np.float32)
-    with warnings.catch_warnings():  # linear interpolation of class indicators is the point here
-        warnings.filterwarnings("ignore", message="Resampling binary images")
-        fractions = resample_to_grid(nib.Nifti1Image(onehot, label.affine), affine, shape, "linear")
-    fractions = fractions.get_fdata(dtype=np.float32)
-    background = 1.0 - fractions.sum(axis=-1, keepdims=True)
-    return np.concatenate([background, fractions], axis=-1).argmax(axis=-1).astype(np.int16)
+    grid = sampling_grid(label.affine, label.shape[:3], affine, shape)
+    indicators = tissue_indicators(np.asanyarray(label.dataobj), lookup_table)
+    return classes_from_fractions(resample_channels(indicators, grid, "linear"))
