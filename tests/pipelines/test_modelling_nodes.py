@@ -181,14 +181,14 @@ def test_describe_fit_names_the_best_epoch_and_why_training_stopped():
 
 
 def test_refit_trains_on_every_training_scan_never_a_test_scan_and_is_scored_beside_the_fold_ensemble(monkeypatch):
-    from neurokedro.pipelines.modelling import nodes
+    from neurokedro.training import trainer
     from neurokedro.training.module import FOLD_ENSEMBLE_ID
 
     store, splits = _store()
     scans = select_task_scans(store, splits, "age_regression")
     fits = []
-    original = nodes.fit
-    monkeypatch.setattr(nodes, "fit", lambda net, task, images, rows, *a, **k: fits.append((set(rows), a[2], a[3])) or original(net, task, images, rows, *a, **k))
+    original = trainer.fit  # imported by the node when it trains (not when the pipelines are built)
+    monkeypatch.setattr(trainer, "fit", lambda net, task, images, rows, *a, **k: fits.append((set(rows), a[2], a[3])) or original(net, task, images, rows, *a, **k))
     model, history = train_model(store, scans, MODEL, {**TRAINING, "max_epochs": 3, "refit": True}, "age_regression")
     train, test = scans[scans["split"] == "train"], scans[scans["split"] == "test"]
     *folds, (refit_rows, refit_val_rows, refit_params) = fits

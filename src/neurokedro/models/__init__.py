@@ -8,11 +8,15 @@ number of outputs of the head (1 for a regression target, K for K classes).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from neurokedro import plugins
+from neurokedro.lazy import LazyImport
+
+if TYPE_CHECKING:
+    from torch import nn
+else:
+    nn = LazyImport("torch.nn")  # annotations only: torch is imported by the model factories
 
 
 def build_model(spec: Mapping[str, Any], in_shape: Sequence[int], out_size: int) -> nn.Module:

@@ -7,15 +7,19 @@ literature (Cole & Franke 2017, Trends Neurosci; Peng et al. 2021, Med Image Ana
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import torch
-from torch import nn
 
 from neurokedro.evaluation.regression import regression_metrics
-from neurokedro.tasks.base import PredictionColumns, Task, target_scaling
+from neurokedro.lazy import LazyImport
+from neurokedro.tasks.base import PredictionColumns, Task
+
+if TYPE_CHECKING:
+    from torch import nn
+else:
+    nn = LazyImport("torch.nn")  # for annotations; torch is imported where a loss is made
 
 
 #: ``training.loss.name`` values of brain age.
@@ -32,7 +36,7 @@ def regression_loss(
 ) -> nn.Module:
     """Loss on the standardised target: ``mse`` (the tutorials'), ``l1``, ``huber`` (``delta``
     in sd units), or ``kl_soft_bins``: SFCN's soft classification over age bins
-    (:class:`SoftAgeBinLoss`, Peng et al. 2021).
+    (:class:`~neurokedro.tasks.soft_age_bins.SoftAgeBinLoss`, Peng et al. 2021).
 
     Args:
         train_targets: (M,) training ages in years; used by ``kl_soft_bins`` only (the
@@ -47,6 +51,10 @@ def regression_loss(
         ValueError: for another name, or (``kl_soft_bins``) bins that are empty or do not cover
             every training age.
     """
+    from torch import nn
+
+    from neurokedro.tasks.soft_age_bins import SoftAgeBinLoss
+
     if name == "kl_soft_bins":
         return SoftAgeBinLoss(age_bin_centres(range_years, bin_width_years), sigma_years, train_targets)
     losses = {"mse": nn.MSELoss, "l1": nn.L1Loss, "huber": lambda: nn.HuberLoss(delta=float(delta))}
@@ -78,52 +86,6 @@ def loss_out_size(loss_params: Mapping[str, Any]) -> int:
         return 1
     bins = {k: loss_params[k] for k in ("range_years", "bin_width_years") if k in loss_params}
     return len(age_bin_centres(**bins))
-
-
-class SoftAgeBinLoss(nn.Module):
-    """SFCN's brain-age loss: Kullback-Leibler divergence between the network's softmax over
-    age bins and a Gaussian soft label centred on the true age (Peng et al. 2021, "Accurate brain
-    age prediction with lightweight deep neural networks", Med. Image Anal. 68:101871).
-
-    The trainer hands the loss standardised ages, ``(age - mean) / sd`` with the training ages'
-    mean and sd, so the bin centres and sigma are standardised the same way here.
-    :attr:`readout` (the standardised centres) turns the logits into the expected age over the
-    bins (:class:`~neurokedro.training.module.TargetScaler`).
-
-    Args:
-        centres_years: (K,) bin centres from :func:`age_bin_centres`.
-        sigma_years: sd of the soft label (> 0), years.
-        train_targets: (M,) training ages in years.
-
-    Raises:
-        ValueError: if sigma is not positive, or a training age lies outside the bins.
-    """
-
-    def __init__(self, centres_years: np.ndarray, sigma_years: float, train_targets: np.ndarray | None) -> None:
-        super().__init__()
-        centres = np.asarray(centres_years, float)
-        ages = np.asarray(train_targets if train_targets is not None else [], float).ravel()
-        width = float(centres[1] - centres[0]) if len(centres) > 1 else 1.0
-        low, high = centres[0] - width / 2, centres[-1] + width / 2
-        if float(sigma_years) <= 0:
-            raise ValueError(f"training.loss.sigma_years must be > 0, got {sigma_years}")
-        outside = ages[(ages < low) | (ages > high)]
-        if len(outside):
-            raise ValueError(f"training.loss (kl_soft_bins): training age(s) {sorted(set(np.round(outside, 2)))[:5]} "
-                             f"lie outside the age bins [{low:g}, {high:g}] y; widen training.loss.range_years")
-        mean, sd = target_scaling(ages)
-        self.register_buffer("readout", torch.tensor((centres - mean) / sd, dtype=torch.float32))
-        self.sigma = float(sigma_years) / sd
-
-    def soft_labels(self, target: torch.Tensor) -> torch.Tensor:
-        """(B,) or (B, 1) standardised ages -> (B, K) Gaussian soft labels, each summing to 1."""
-        weights = torch.exp(-0.5 * ((self.readout[None, :] - target.reshape(-1, 1).float()) / self.sigma) ** 2)
-        return weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-12)
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """KL(soft label || softmax(logits)), averaged over the batch; logits ``(B, K)``."""
-        return nn.functional.kl_div(torch.log_softmax(logits.float(), dim=1), self.soft_labels(target),
-                                    reduction="batchmean")
 
 
 def _age_metrics(predictions: pd.DataFrame) -> dict[str, float]:
@@ -170,3 +132,13 @@ AGE_REGRESSION = Task(
     stacked_prediction="predicted_age",
     columns=PredictionColumns(true="chronological_age", predicted="predicted_age", difference="brain-age gap"),
 )
+
+
+def __getattr__(name: str) -> Any:
+    """``SoftAgeBinLoss`` from its own module (:mod:`neurokedro.tasks.soft_age_bins`, which
+    imports torch), so that this module, read at every ``kedro run``, does not."""
+    if name == "SoftAgeBinLoss":
+        from neurokedro.tasks.soft_age_bins import SoftAgeBinLoss
+
+        return SoftAgeBinLoss
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

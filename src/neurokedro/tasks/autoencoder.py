@@ -9,14 +9,18 @@ the input (:mod:`neurokedro.evaluation.reconstruction`).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from torch import nn
 
-from neurokedro.evaluation.reconstruction import scan_reconstruction_metrics
+from neurokedro.lazy import LazyImport
 from neurokedro.tasks.base import Task
+
+if TYPE_CHECKING:
+    from torch import nn
+else:
+    nn = LazyImport("torch.nn")  # for annotations; torch is imported where a loss is made
 
 
 def reconstruction_loss(train_targets: np.ndarray | None = None, name: str = "mse") -> nn.Module:
@@ -25,6 +29,8 @@ def reconstruction_loss(train_targets: np.ndarray | None = None, name: str = "ms
     Raises:
         ValueError: for another name.
     """
+    from torch import nn
+
     losses = {"mse": nn.MSELoss, "l1": nn.L1Loss}
     if name not in losses:
         raise ValueError(f"unknown reconstruction loss {name!r}; use one of {sorted(losses)}")
@@ -38,6 +44,8 @@ def _describe(
     against the store's images (``reference.images``)."""
     if reference is None:
         raise ValueError("autoencoder needs the volume store's images as reference")
+    from neurokedro.evaluation.reconstruction import scan_reconstruction_metrics
+
     rows = [scan_reconstruction_metrics(rec, np.asarray(reference.images[row], dtype=np.float32))
             for row, rec in zip(table["row"].to_numpy(int), y_pred, strict=True)]
     return pd.DataFrame(rows, index=table.index)

@@ -9,13 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
-from torch import nn
 
 from neurokedro import plugins
+from neurokedro.lazy import LazyImport
+
+if TYPE_CHECKING:
+    from torch import nn
+else:
+    nn = LazyImport("torch.nn")  # for annotations: a task's definition needs no torch
 
 TaskKind = Literal["regression", "classification", "segmentation", "reconstruction"]
 TargetSource = Literal["table", "label_map", "image"]

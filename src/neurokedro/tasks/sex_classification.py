@@ -8,16 +8,20 @@ accuracy on 14,503 UK Biobank scans.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import torch
-from torch import nn
 
 from neurokedro.evaluation.classification import binary_classification_metrics
+from neurokedro.lazy import LazyImport
 from neurokedro.schemas.evaluation import EvaluationSchema
 from neurokedro.tasks.base import PredictionColumns, Task
+
+if TYPE_CHECKING:
+    from torch import nn
+else:
+    nn = LazyImport("torch.nn")  # for annotations; torch is imported where a loss is made
 
 #: Labels of the encoded ``sex`` column (see ``neurokedro.cohorts.labels``); F is the positive class.
 CLASS_NAMES = {0: "M", 1: "F"}
@@ -52,6 +56,9 @@ def classification_loss(train_targets: np.ndarray | None = None, name: str = "bc
         raise ValueError(f"unknown classification loss {name!r}; use 'bce'")
     if class_weighting not in ("balanced", "none"):
         raise ValueError(f"class_weighting must be 'balanced' or 'none', got {class_weighting!r}")
+    import torch
+    from torch import nn
+
     weight = positive_class_weight(train_targets) if class_weighting == "balanced" and train_targets is not None else 1.0
     return nn.BCEWithLogitsLoss(pos_weight=torch.tensor([weight], dtype=torch.float32))
 

@@ -10,20 +10,20 @@ Hausdorff distance in mm, and tissue volumes in mL, predicted against reference.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import torch
-from monai.losses import DiceCELoss
-from monai.metrics import compute_dice
-from monai.networks.utils import one_hot
-from torch import nn
 
-from neurokedro.evaluation.segmentation import scan_segmentation_metrics, segmentation_metrics
 from neurokedro.imaging.tissue import TISSUE_CLASSES
+from neurokedro.lazy import LazyImport
 from neurokedro.schemas.evaluation import EvaluationSchema
 from neurokedro.tasks.base import Task
+
+if TYPE_CHECKING:
+    from torch import nn
+else:
+    nn = LazyImport("torch.nn")  # for annotations; torch and MONAI are imported where they are used
 
 
 def segmentation_loss(
@@ -45,6 +45,8 @@ def segmentation_loss(
     """
     if name != "dice_ce":
         raise ValueError(f"unknown segmentation loss {name!r}; use 'dice_ce'")
+    from monai.losses import DiceCELoss
+
     return DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=float(lambda_dice), lambda_ce=float(lambda_ce))
 
 
@@ -55,6 +57,8 @@ def _describe(
     ``(n, K, D, H, W)`` against the store's label maps (``reference.labels``)."""
     if reference is None or reference.labels is None:
         raise ValueError("tissue_segmentation needs the volume store's label maps as reference")
+    from neurokedro.evaluation.segmentation import scan_segmentation_metrics
+
     hausdorff = EvaluationSchema.from_params(options, "tissue_segmentation.evaluation").hausdorff
     rows = []
     for row, probabilities in zip(table["row"].to_numpy(int), y_pred, strict=True):
@@ -65,11 +69,17 @@ def _describe(
 
 
 def _metrics(predictions: pd.DataFrame) -> dict[str, float]:
+    from neurokedro.evaluation.segmentation import segmentation_metrics
+
     return segmentation_metrics(predictions, TISSUE_CLASSES)
 
 
 def _validation_metrics(y_pred: np.ndarray, y_true: np.ndarray) -> dict[str, float]:
     """Mean Dice over the foreground classes of the validation scans (no HD95: it is slow)."""
+    import torch
+    from monai.metrics import compute_dice
+    from monai.networks.utils import one_hot
+
     n_classes = len(TISSUE_CLASSES)
     predicted = one_hot(torch.as_tensor(np.asarray(y_pred).argmax(axis=1))[:, None], num_classes=n_classes)
     truth = one_hot(torch.as_tensor(np.asarray(y_true)).long(), num_classes=n_classes)

@@ -54,6 +54,10 @@ FEATURES = ("CSF_fraction", "GM_fraction", "WM_fraction", "intracranial_volume_m
 #: weight of ~100 with an intercept of ~-7,600 y was seen on a 14-subject cohort).
 MIN_FREE_META_SCANS = 20
 
+#: The tissue-volume source of a stacking payload saved before the payload recorded one
+#: (``tissue_volumes``): those stacks were all fitted on the label maps' volumes.
+PAYLOAD_TISSUE_VOLUMES_BEFORE_RECORDED = "label_map"
+
 #: Ridge penalties tried by ``RidgeCV`` (efficient leave-one-out on the training scans).
 DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-3, 3, 13))
 

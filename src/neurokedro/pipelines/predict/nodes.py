@@ -10,26 +10,25 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from torch import nn
 from tqdm.auto import tqdm
 
 from neurokedro.cohorts.labels import as_text
 from neurokedro.evaluation.brain_age import corrected_gap
 from neurokedro.io.volume_store import VolumeStore
+from neurokedro.lazy import LazyImport
 from neurokedro.schemas.predict import PredictSchema
 from neurokedro.tasks.base import get_task
-from neurokedro.training.fit import predict, tta_options
-from neurokedro.training.stacking import (
-    apply_stacking,
-    segmentation_volumes_ml,
-    stacking_columns,
-    stacking_volumes,
-    volume_features,
-)
+
+# torch and the training code are imported by the functions that use them (see
+# neurokedro.lazy: `kedro run` imports this module for every pipeline).
+if TYPE_CHECKING:
+    from torch import nn
+else:
+    nn = LazyImport("torch.nn")  # the annotations stay resolvable (typing.get_type_hints)
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +116,9 @@ def predict_task(
     Raises:
         ValueError: for a task kind that has no per-scan prediction (reconstruction).
     """
+    from neurokedro.training.fit import predict, tta_options
+    from neurokedro.training.stacking import segmentation_volumes_ml
+
     task = get_task(task_name)
     options = PredictSchema.from_params(predict_params, "predict")
     choice = options.models.get(task_name)
@@ -160,10 +162,19 @@ def predict_task(
 def _stacked(network: np.ndarray, stacking: Mapping[str, Any], volume_store: VolumeStore, rows: np.ndarray,
              task_name: str, predicted_volumes: pd.DataFrame | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The stacked predictions of the new scans and the columns that show their parts."""
+    from neurokedro.training.stacking import (
+        PAYLOAD_TISSUE_VOLUMES_BEFORE_RECORDED,
+        apply_stacking,
+        stacking_columns,
+        stacking_volumes,
+        volume_features,
+    )
+
     column = get_task(task_name).stacked_prediction
     network = np.asarray(network, float).ravel()
     # as in training: a stack fitted on the segmentation model's volumes takes them for every scan
-    volumes, source = stacking_volumes(volume_store, rows, predicted_volumes, stacking.get("tissue_volumes", "label_map"))
+    source_kind = stacking.get("tissue_volumes", PAYLOAD_TISSUE_VOLUMES_BEFORE_RECORDED)
+    volumes, source = stacking_volumes(volume_store, rows, predicted_volumes, source_kind)
     stacked, ridge = apply_stacking(stacking, network, volume_features(volumes))
     ok = np.isfinite(ridge)
     if not ok.all():

@@ -4,7 +4,7 @@ overlays (nilearn) and autoencoder reconstructions."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -16,12 +16,18 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from torch import nn  # noqa: E402
 
 from neurokedro.imaging.tissue import TISSUE_CLASSES  # noqa: E402
 from neurokedro.io.volume_store import VolumeStore  # noqa: E402
+from neurokedro.lazy import LazyImport  # noqa: E402
 from neurokedro.schemas.training import TrainingSchema  # noqa: E402
-from neurokedro.training.fit import predict, tta_options  # noqa: E402
+
+# torch and the training code are imported by the functions that use them (see
+# neurokedro.lazy: `kedro run` imports this module for every pipeline).
+if TYPE_CHECKING:
+    from torch import nn
+else:
+    nn = LazyImport("torch.nn")  # the annotations stay resolvable (typing.get_type_hints)
 
 #: Colours of CSF, GM and WM in overlays (background transparent).
 TISSUE_COLOURS = ListedColormap(["#3b8bd9", "#e0a030", "#f2f2e6"])
@@ -56,6 +62,8 @@ def predict_label_maps(
         ``{"sub-<subject>[_ses-<session>]_dseg": image}``: uint8 classes 0 background, 1 CSF,
         2 GM, 3 WM with the store's affine of that scan (RAS, mm), for a partitioned NIfTI dataset.
     """
+    from neurokedro.training.fit import predict, tta_options
+
     test = test_scans(task_scans)
     probabilities = predict(model, volume_store.images, test["row"].to_numpy(), TrainingSchema.from_params(training, "training").batch_size,
                             **tta_options(training))
@@ -124,6 +132,8 @@ def plot_reconstructions(
         training: training parameters (``batch_size``).
         n_subjects: number of test scans shown.
     """
+    from neurokedro.training.fit import predict
+
     test = test_scans(task_scans, n_subjects)
     reconstructions = predict(model, volume_store.images, test["row"].to_numpy(), TrainingSchema.from_params(training, "training").batch_size)
     fig, axes = plt.subplots(len(test), 6, figsize=(13, 2.3 * max(len(test), 1)), squeeze=False, layout="constrained")

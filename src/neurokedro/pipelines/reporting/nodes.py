@@ -16,7 +16,6 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from neurokedro.schemas.reporting import ReportingSchema  # noqa: E402
 from neurokedro.tasks.base import get_task  # noqa: E402
-from neurokedro.training.tracking import log_metrics  # noqa: E402
 
 #: (label, colour, alpha) of each kind of prediction in the figures.
 SOURCE_STYLE = {
@@ -170,6 +169,8 @@ def log_fold_metrics(cv_metrics: pd.DataFrame, training_history: pd.DataFrame) -
     """
     if "mlflow_run_id" not in training_history or cv_metrics.empty:
         return {}
+    from neurokedro.training.tracking import log_metrics  # imports torch: not at `kedro run` start-up
+
     run_of_fold = {str(f): r for f, r in zip(training_history["fold"], training_history["mlflow_run_id"])}
     logged = {}
     for row in cv_metrics.to_dict("records"):

@@ -5,7 +5,7 @@ true and predicted labels, as in the SFCN tutorials on HCP."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -16,13 +16,18 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from torch import nn  # noqa: E402
 
-from neurokedro.evaluation.saliency import saliency_map  # noqa: E402
 from neurokedro.io.volume_store import VolumeStore  # noqa: E402
+from neurokedro.lazy import LazyImport  # noqa: E402
 from neurokedro.pipelines.reporting.images import test_scans  # noqa: E402
 from neurokedro.schemas.reporting import SaliencySchema  # noqa: E402
 from neurokedro.tasks.base import Task, get_task  # noqa: E402
+
+# torch (neurokedro.evaluation.saliency) is imported by the functions that use it (see neurokedro.lazy).
+if TYPE_CHECKING:
+    from torch import nn
+else:
+    nn = LazyImport("torch.nn")  # the annotations stay resolvable (typing.get_type_hints)
 
 #: Keys of the ``saliency`` parameters read here; every other key is an option of the method
 #: (see :data:`neurokedro.evaluation.saliency.SALIENCY_METHODS`).
@@ -90,6 +95,8 @@ def saliency_image(
         ValueError: without test scans, for an unknown method or option, or a model whose output
             is not one scalar per scan.
     """
+    from neurokedro.evaluation.saliency import saliency_map
+
     settings, options = _saliency_params(saliency)
     test = _saliency_scans(task_scans, settings["n_subjects"])
     rows = test["row"].to_numpy(int)

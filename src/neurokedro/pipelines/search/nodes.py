@@ -21,24 +21,29 @@ import math
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import yaml
 from scipy import stats
 from sklearn.model_selection import ParameterSampler
-from torch import nn
 
 from neurokedro.io.atomic import atomic_write_path
 from neurokedro.io.volume_store import VolumeStore
+from neurokedro.lazy import LazyImport
 from neurokedro.pipelines.data_engineering.splits import assert_no_subject_leakage
 from neurokedro.pipelines.modelling.nodes import cross_validate, predict_scans
 from neurokedro.schemas.search import SearchSchema
 from neurokedro.schemas.training import TrainingSchema
 from neurokedro.tasks.base import Task, get_task
-from neurokedro.training.tracking import child_run, log_metrics
-from neurokedro.training.transfer import resolve_pretrained
+
+# torch and the training code are imported by the functions that use them (see
+# neurokedro.lazy: `kedro run` imports this module for every pipeline).
+if TYPE_CHECKING:
+    from torch import nn
+else:
+    nn = LazyImport("torch.nn")  # the annotations stay resolvable (typing.get_type_hints)
 
 logger = logging.getLogger(__name__)
 
@@ -204,6 +209,8 @@ def search_hyperparameters(
     budgeted = apply(base, budget)
     trial_params = {trial: apply(budgeted, sampled) for trial, sampled in trials}  # every path checked before training
 
+    from neurokedro.training.transfer import resolve_pretrained
+
     pretrained = resolve_pretrained(base["training"]["init_from"], pretrained_model)
     assert_no_subject_leakage(task_scans)
     cv = task_scans[task_scans["split"] == "train"].reset_index(drop=True)
@@ -241,6 +248,8 @@ def _run_trial(trial: str, sampled: Mapping[str, Any], params: Mapping[str, Any]
                cv: pd.DataFrame, evaluation: Mapping[str, Any] | None, task: Task, metric: str,
                pretrained: nn.Module | None, checkpoint_dir: Path) -> dict[str, Any]:
     """Train one configuration on every fold and score its out-of-fold predictions."""
+    from neurokedro.training.tracking import child_run, log_metrics
+
     training = {**params["training"], "checkpoint_dir": str(checkpoint_dir)}
     start = time.perf_counter()
     with child_run(trial, {"sampled": dict(sampled), **params}, tags={"trial": trial, "task": task.name, "search": "true"}) as run_id:
@@ -335,6 +344,8 @@ def _log_summary(table: pd.DataFrame, best: pd.Series, metric: str) -> None:
     except Exception:  # noqa: BLE001 - tracking must never stop a search
         active = None
     if active is not None:
+        from neurokedro.training.tracking import log_metrics
+
         log_metrics(active.info.run_id, summary)
 
 
