@@ -8,6 +8,7 @@ wrong type or out of range stops the run with the key named.
 from neurokedro.schemas.base import ParameterError, StrictSchema
 from neurokedro.schemas.cohort import SplitSchema
 from neurokedro.schemas.evaluation import EvaluationSchema
+from neurokedro.schemas.execution import ExecutionSchema
 from neurokedro.schemas.labels import LabelsSchema
 from neurokedro.schemas.predict import PredictSchema
 from neurokedro.schemas.preprocessing import PreprocessingSchema
@@ -27,6 +28,6 @@ from neurokedro.schemas.training import (
 from neurokedro.schemas.validate import PER_TASK, TOP_LEVEL, validate_parameters
 
 __all__ = ["PER_TASK", "PRECISIONS", "TOP_LEVEL", "AugmentationSchema", "EarlyStoppingSchema", "EvaluationSchema",
-           "LabelsSchema", "LossSchema", "OptimiserSchema", "ParameterError", "PreciseBNSchema", "PredictSchema",
-           "PreprocessingSchema", "ReportingSchema", "SWASchema", "SearchSchema", "SplitSchema",
+           "ExecutionSchema", "LabelsSchema", "LossSchema", "OptimiserSchema", "ParameterError", "PreciseBNSchema",
+           "PredictSchema", "PreprocessingSchema", "ReportingSchema", "SWASchema", "SearchSchema", "SplitSchema",
            "StackingSchema", "StrictSchema", "TrainingSchema", "validate_parameters"]

@@ -2,8 +2,8 @@
 
 Each block of ``conf/<env>/parameters*.yml`` has a pydantic v2 model with ``extra="forbid"``
 (the way kedro-mlflow validates its ``mlflow.yml``): at the top level ``preprocessing``,
-``split``, ``labels``, ``reporting``, ``search``, ``predict``, the shared ``training`` and the
-``cohort`` adapter's
+``split``, ``labels``, ``reporting``, ``search``, ``predict``, ``execution``, the shared
+``training`` and the ``cohort`` adapter's
 options; under each task ``training``, ``stacking``, ``evaluation``, the model's options and,
 for a task with a cohort of its own, ``cohort``, ``preprocessing`` and ``split``. A misspelt key
 (``voxel_size`` for ``voxel_size_mm``), a value of the wrong type or out of range
@@ -25,6 +25,7 @@ from pydantic import BaseModel, ValidationError
 from neurokedro.schemas.base import ParameterError, describe_error
 from neurokedro.schemas.cohort import SplitSchema
 from neurokedro.schemas.evaluation import EvaluationSchema
+from neurokedro.schemas.execution import ExecutionSchema
 from neurokedro.schemas.labels import LabelsSchema
 from neurokedro.schemas.plugin_options import check_named_blocks
 from neurokedro.schemas.predict import PredictSchema
@@ -37,7 +38,7 @@ from neurokedro.schemas.training import TrainingSchema
 #: Blocks checked at the top level of the parameters and under each task.
 TOP_LEVEL: dict[str, type[BaseModel]] = {
     "preprocessing": PreprocessingSchema, "split": SplitSchema, "labels": LabelsSchema, "reporting": ReportingSchema,
-    "search": SearchSchema, "predict": PredictSchema, "training": TrainingSchema}
+    "search": SearchSchema, "predict": PredictSchema, "execution": ExecutionSchema, "training": TrainingSchema}
 PER_TASK: dict[str, type[BaseModel]] = {"training": TrainingSchema, "stacking": StackingSchema,
                                         "evaluation": EvaluationSchema,
                                         "preprocessing": PreprocessingSchema, "split": SplitSchema}

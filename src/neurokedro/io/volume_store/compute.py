@@ -1,11 +1,14 @@
-"""Computing the rows of a lazy save: checking each volume, serially or in a process pool.
+"""Computing the rows of a lazy save: checking each volume, serially, in a process pool or on a
+Dask cluster.
 
-:func:`iter_rows_serial` and :func:`iter_rows_parallel` call a
-:class:`~.stores.LazyVolumeStore`'s ``compute`` for the rows to compute and yield
-``(i, result)``, where ``result`` is the row brought to the store's dtypes (image, affine, int16
-label map or None, info dict) or the ``Exception`` that computing or checking it raised: a bad
-scan is recorded by the writer, never fatal. The parallel variant keeps at most
-``2 * n_workers`` rows in flight; with ``fork`` the compute callable is never pickled.
+:func:`iter_rows_serial`, :func:`iter_rows_parallel` and
+:func:`~.dask_rows.iter_rows_dask` call a :class:`~.stores.LazyVolumeStore`'s ``compute`` for
+the rows to compute and yield ``(i, result)``, where ``result`` is the row brought to the
+store's dtypes (image, affine, int16 label map or None, info dict) or the ``Exception`` that
+computing or checking it raised (:func:`compute_caught`): a bad scan is recorded by the writer,
+never fatal. The pool and the cluster share :func:`iter_windowed`, which keeps a bounded number
+of rows in flight; they differ only in how a row is submitted. With ``fork`` the pool never
+pickles the compute callable.
 """
 
 from __future__ import annotations
@@ -73,16 +76,61 @@ def compute_checked(
     return cast, affine, label, dict(vol.info or {})
 
 
+def compute_caught(
+    compute: Callable[[int], PreprocessedVolume], spec: RowSpec, i: int
+) -> Row | Exception:
+    """:func:`compute_checked`, or the ``Exception`` it raised: a bad scan is recorded by the
+    writer, never fatal, and never retried by a Dask scheduler (the task itself succeeds)."""
+    try:
+        return compute_checked(compute, spec, i)
+    except Exception as exc:  # noqa: BLE001  # a bad scan is recorded, not fatal
+        return exc
+
+
 def iter_rows_serial(
     compute: Callable[[int], PreprocessedVolume], rows: list[int], spec: RowSpec
 ) -> Iterator[tuple[int, Row | Exception]]:
     """Yield ``(i, result)`` for ``i`` in ``rows``, in order, computed in this process."""
     for i in rows:
-        try:
-            result: Row | Exception = compute_checked(compute, spec, i)
-        except Exception as exc:  # noqa: BLE001  # a bad scan is recorded, not fatal
-            result = exc
-        yield i, result
+        yield i, compute_caught(compute, spec, i)
+
+
+def iter_windowed(
+    rows: list[int],
+    submit: Callable[[int], Any],
+    wait_any: Callable[[set[Any]], set[Any]],
+    outcome: Callable[[Any, int], Row | Exception],
+    window: Callable[[], int],
+) -> Iterator[tuple[int, Row | Exception]]:
+    """Yield ``(i, outcome(future, i))`` for ``i`` in ``rows`` as their futures finish, at most
+    ``window()`` in flight: the loop the process pool and the Dask cluster share.
+
+    Results arrive in completion order (ties in row order); the writer puts each row at its own
+    position, so the store does not depend on that order.
+
+    Args:
+        rows: the rows to compute.
+        submit: ``i -> future`` of ``compute_caught(compute, spec, i)``.
+        wait_any: ``futures -> the finished ones`` (at least one; blocks until then).
+        outcome: ``(future, i) -> result``, raising ``DatasetError`` where the backend itself failed.
+        window: the most futures to keep in flight now (read before each refill, >= 1).
+    """
+    pending: dict[Any, int] = {}
+    queue = iter(rows)
+    more = True
+    while pending or more:
+        limit = max(1, window())
+        while more and len(pending) < limit:
+            i = next(queue, None)
+            if i is None:
+                more = False
+                break
+            pending[submit(i)] = i
+        if not pending:
+            return
+        for fut in sorted(wait_any(set(pending)), key=pending.__getitem__):
+            i = pending.pop(fut)
+            yield i, outcome(fut, i)
 
 
 # Computes registered for the lifetime of a parallel save. With the 'fork' start method,
@@ -91,17 +139,30 @@ def iter_rows_serial(
 _FORKED_COMPUTES: dict[str, Callable[[int], PreprocessedVolume]] = {}
 
 
-def _compute_forked(token: str, spec: RowSpec, i: int) -> Row:
-    return compute_checked(_FORKED_COMPUTES[token], spec, i)
+def _compute_forked(token: str, spec: RowSpec, i: int) -> Row | Exception:
+    return compute_caught(_FORKED_COMPUTES[token], spec, i)
+
+
+def _pool_outcome(fut: Future, i: int) -> Row | Exception:
+    """A pool future's row, or ``DatasetError`` when its worker process died."""
+    try:
+        return fut.result()
+    except BrokenProcessPool as exc:
+        raise DatasetError(
+            f"A worker process died while computing volume {i} (killed, e.g. out "
+            "of memory?); reduce n_workers or the memory used per volume."
+        ) from exc
+    except Exception as exc:  # noqa: BLE001  # e.g. an exception that did not pickle back
+        return exc
 
 
 def iter_rows_parallel(
     compute: Callable[[int], PreprocessedVolume], rows: list[int], spec: RowSpec, n_workers: int
 ) -> Iterator[tuple[int, Row | Exception]]:
-    """Yield ``(i, result)`` for ``i`` in ``rows`` as they finish, at most ``2 * n_workers`` in flight.
+    """Yield ``(i, result)`` for ``i`` in ``rows`` as they finish, at most ``2 * n_workers`` in flight
+    (:func:`iter_windowed` over a ``ProcessPoolExecutor``).
 
-    Results arrive in completion order (ties in row order); closing the generator shuts the
-    pool down, cancelling the rows not yet started.
+    Closing the generator shuts the pool down, cancelling the rows not yet started.
 
     Raises:
         DatasetError: if ``compute`` cannot be pickled on a platform without ``fork``, or a
@@ -122,33 +183,12 @@ def iter_rows_parallel(
                 f"without 'fork' (define it at module level): {type(exc).__name__}: {exc}"
             ) from exc
         ctx = None
-        task = partial(compute_checked, compute, spec)
-    max_in_flight = 2 * n_workers
+        task = partial(compute_caught, compute, spec)
     pool = ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx)
     try:
-        pending: dict[Future, int] = {}
-        queue = iter(rows)
-        more = True
-        while pending or more:
-            while more and len(pending) < max_in_flight:
-                i = next(queue, None)
-                if i is None:
-                    more = False
-                    break
-                pending[pool.submit(task, i)] = i
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in sorted(done, key=pending.__getitem__):
-                i = pending.pop(fut)
-                try:
-                    result: Row | Exception = fut.result()
-                except BrokenProcessPool as exc:
-                    raise DatasetError(
-                        f"A worker process died while computing volume {i} (killed, e.g. out "
-                        "of memory?); reduce n_workers or the memory used per volume."
-                    ) from exc
-                except Exception as exc:  # noqa: BLE001  # a bad scan is recorded, not fatal
-                    result = exc
-                yield i, result
+        yield from iter_windowed(rows, partial(pool.submit, task),
+                                 lambda futures: wait(futures, return_when=FIRST_COMPLETED).done,
+                                 _pool_outcome, lambda: 2 * n_workers)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         _FORKED_COMPUTES.pop(token, None)

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from neurokedro.io.volume_store.format import IMAGE_DTYPES, LABEL_DTYPE, RowSpec
+from neurokedro.schemas.execution import ExecutionSchema
 
 
 @dataclass
@@ -270,6 +271,11 @@ class LazyVolumeStore:
             ``spawn`` (Windows, macOS default) it must be picklable.
         n_workers: Worker processes computing rows in parallel; 1 computes in this process.
             Output is identical for any value, since each row is written at its own position.
+        execution: where the rows are computed (the ``execution`` block, a mapping or
+            :class:`~neurokedro.schemas.ExecutionSchema`): None or ``backend: local``, here
+            (``n_workers``); ``backend: dask``, as tasks of a Dask cluster
+            (:mod:`.dask_rows`; ``compute`` must then be picklable, and ``n_workers`` is not
+            used). The output does not depend on it, nor does any ``cache_key``.
         progress: Show a tqdm progress bar.
         info_columns: index columns that computing a row fills in, from the returned volume's
             :attr:`PreprocessedVolume.info`, or from the ``info`` dict attribute of the exception
@@ -280,6 +286,7 @@ class LazyVolumeStore:
     Raises:
         ValueError: On construction, for an unknown dtype, a non-3D grid, ``n_channels < 1``,
             ``n_workers < 1`` or an inconsistent ``row`` column.
+        neurokedro.schemas.ParameterError: (a ``ValueError``) for an invalid ``execution`` block.
     """
 
     index: pd.DataFrame
@@ -292,6 +299,7 @@ class LazyVolumeStore:
     n_workers: int = 1
     progress: bool = True
     info_columns: tuple[str, ...] = ()
+    execution: ExecutionSchema | None = None
 
     def __post_init__(self) -> None:
         self.info_columns = tuple(str(c) for c in self.info_columns)
@@ -312,6 +320,8 @@ class LazyVolumeStore:
         if int(self.n_workers) < 1:
             raise ValueError(f"LazyVolumeStore.n_workers must be >= 1, got {self.n_workers}.")
         self.n_workers = int(self.n_workers)
+        if self.execution is not None:
+            self.execution = ExecutionSchema.from_params(self.execution, "execution")
         self.with_labels = bool(self.with_labels)
         self.meta = dict(self.meta or {})
         self.index = with_row_column(self.index, len(self.index), owner="LazyVolumeStore")

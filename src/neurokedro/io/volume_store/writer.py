@@ -149,14 +149,16 @@ def write_lazy(lazy: LazyVolumeStore, folder: Path, display: str, previous: Volu
     """Compute ``lazy`` row by row into the empty ``folder`` and mark it complete.
 
     Rows whose ``cache_key`` ``previous`` holds (see :func:`~.cache.reusable_rows`) are copied
-    from it, their recorded outcomes included; the others are computed serially or, with
-    ``lazy.n_workers > 1`` and more than one to compute, in a process pool. A row that fails is
+    from it, their recorded outcomes included; the others are computed on a Dask cluster
+    (``lazy.execution.backend: dask``), serially or, with ``lazy.n_workers > 1`` and more than
+    one to compute, in a process pool. A row that fails is
     stored as zeros with a NaN affine and -1 labels, and recorded in the index; ``meta.json``
     records ``n_failed`` and ``n_reused``.
 
     Raises:
         DatasetError: if ``lazy.meta`` is not JSON-serialisable, ``compute`` cannot be pickled
-            where workers are spawned, or a worker process dies.
+            where workers are spawned, or a worker process dies (on Dask: more often than
+            ``execution.retries`` allows).
     """
     n = len(lazy)
     spec = spec_of(lazy)
@@ -201,14 +203,18 @@ def _copy_reused_rows(previous: VolumeStore, reused: dict[int, int], files: _Sto
 
 def _write_computed_rows(lazy: LazyVolumeStore, spec: RowSpec, todo: list[int], files: _StoreFiles,
                          results: _RowResults, display: str) -> None:
-    """Compute the rows ``todo`` of ``lazy`` (in a pool when it has workers) and write each as
-    it arrives, recording its outcome."""
-    rows = (
-        iter_rows_parallel(lazy.compute, todo, spec, lazy.n_workers)
-        if lazy.n_workers > 1 and len(todo) > 1
-        else iter_rows_serial(lazy.compute, todo, spec)
-    )
-    # closing(): if writing a row fails, shut the worker pool down now, not at garbage collection.
+    """Compute the rows ``todo`` of ``lazy`` (on its Dask cluster, or in a pool when it has
+    workers) and write each as it arrives, recording its outcome."""
+    execution = lazy.execution
+    if execution is not None and execution.backend == "dask" and todo:
+        from neurokedro.io.volume_store.dask_rows import iter_rows_dask  # imports Dask only then
+
+        rows = iter_rows_dask(lazy.compute, todo, spec, execution)
+    elif lazy.n_workers > 1 and len(todo) > 1:
+        rows = iter_rows_parallel(lazy.compute, todo, spec, lazy.n_workers)
+    else:
+        rows = iter_rows_serial(lazy.compute, todo, spec)
+    # closing(): if writing a row fails, shut the workers down now, not at garbage collection.
     with closing(rows), tqdm(
         total=len(todo), desc=f"Writing {Path(display).name}", unit="vol", disable=not lazy.progress or not todo
     ) as bar:

@@ -4,31 +4,29 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from torch import nn
 
 from neurokedro.io.volume_store import VolumeStore
+from neurokedro.lazy import LazyImport
 from neurokedro.models import build_model
 from neurokedro.pipelines.data_engineering.splits import assert_no_subject_leakage
+from neurokedro.schemas.execution import ExecutionSchema
 from neurokedro.schemas.stacking import StackingSchema
 from neurokedro.schemas.training import TrainingSchema
 from neurokedro.tasks.base import Task, get_task
-from neurokedro.training.inference import predict, tta_options
-from neurokedro.training.module import FOLD_ENSEMBLE_ID, FoldEnsemble, MeanEnsemble
-from neurokedro.training.stacking import (
-    fit_stacking,
-    restacked_predictions,
-    scan_tissue_volumes,
-    stacking_columns,
-    stacking_summary,
-    volume_features,
-)
-from neurokedro.training.tracking import child_run, log_model
-from neurokedro.training.trainer import fit, refit_epochs, seed_everything
-from neurokedro.training.transfer import resolve_pretrained, transfer_encoder
+
+# torch, Lightning, MONAI and the training code (neurokedro.training) are imported by the functions
+# that use them: `kedro run` imports this module for every pipeline, data_engineering included.
+if TYPE_CHECKING:
+    from torch import nn
+
+    from neurokedro.training.module import FoldEnsemble
+else:  # the annotations stay resolvable (Kedro reads them with typing.get_type_hints)
+    nn = LazyImport("torch.nn")
+    FoldEnsemble = LazyImport("neurokedro.training.module", "FoldEnsemble")
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +63,7 @@ def train_model(
     training: Mapping[str, Any],
     task_name: str,
     pretrained_model: nn.Module | None = None,
+    execution: Mapping[str, Any] | None = None,
 ) -> tuple[FoldEnsemble, pd.DataFrame]:
     """K-fold cross-validation: one model per fold, trained on the other folds and early-stopped
     on its own.
@@ -89,6 +88,8 @@ def train_model(
         task_name: registered task.
         pretrained_model: the autoencoder pipeline's model (``autoencoder.model``; None when it
             has not been trained), used when ``init_from`` is ``autoencoder``.
+        execution: the ``execution`` block (:class:`~neurokedro.schemas.execution.ExecutionSchema`;
+            None: train here): where the folds' networks train (:func:`cross_validate`).
 
     Returns:
         ``(model, history)``: the :class:`FoldEnsemble` of the K fold models (outputs in the
@@ -104,12 +105,16 @@ def train_model(
             model (the message lists the mismatched layers).
         neurokedro.schemas.ParameterError: for an unknown, mistyped or out-of-range ``training`` option.
     """
+    from neurokedro.training.transfer import resolve_pretrained
+
     task = get_task(task_name)
     training = TrainingSchema.from_params(training, f"{task_name}.training")
+    execution = ExecutionSchema.from_params(execution, "execution")
     pretrained = resolve_pretrained(training.init_from, pretrained_model)
     assert_no_subject_leakage(task_scans)  # again here: task_scans is a dataset a user could edit
     spec = task.model_spec(model)
-    ensemble, history = cross_validate(volume_store, task_scans, spec, training, task_name, pretrained)
+    ensemble, history = cross_validate(volume_store, task_scans, spec, training, task_name, pretrained,
+                                       execution=execution)
     if training.refit:
         ensemble.refit = refit_model(volume_store, task_scans, spec, training, task_name, history, pretrained)
     return ensemble, history
@@ -145,6 +150,9 @@ def refit_model(
     Raises:
         ValueError: if the folds' histories hold no validation score.
     """
+    from neurokedro.training.tracking import child_run, log_model
+    from neurokedro.training.trainer import refit_epochs
+
     task = get_task(task_name)
     training = TrainingSchema.from_params(training, f"{task_name}.training")
     train = task_scans[task_scans["split"] == "train"]
@@ -170,8 +178,15 @@ def cross_validate(
     task_name: str,
     pretrained: nn.Module | None = None,
     log_models: bool = True,
+    execution: ExecutionSchema | None = None,
 ) -> tuple[FoldEnsemble, pd.DataFrame]:
     """The fold loop of :func:`train_model`, also run by each trial of the hyperparameter search.
+
+    Where the networks train is ``execution`` (``params:execution`` of ``train_model``; None:
+    the schema's default, this process): ``backend: local`` trains them here one after another; ``backend: dask`` submits every
+    (fold, member) network to the cluster at once and gathers them in fold order
+    (:mod:`neurokedro.execution.networks`). The models, histories and MLflow child runs are the
+    same on both.
 
     Args:
         volume_store, task_scans, training, task_name: as for :func:`train_model` (only the
@@ -180,13 +195,21 @@ def cross_validate(
         pretrained: the resolved pretrained model (or None: from scratch).
         log_models: log each fold's model into its MLflow child run (off for search trials,
             whose models are not kept).
+        execution: the typed ``execution`` block.
 
     Returns:
         ``(model, history)`` as for :func:`train_model`.
 
     Raises:
         ValueError: if the training scans have fewer than 2 folds.
+        ImportError: for ``execution.backend: dask`` without dask.distributed installed.
     """
+    from neurokedro.execution import network_runner, shared_path
+    from neurokedro.schemas.training import TrainingSchema
+    from neurokedro.tasks.base import get_task
+    from neurokedro.training.module import FoldEnsemble, MeanEnsemble
+    from neurokedro.training.tracking import child_run, log_model
+
     task = get_task(task_name)
     training = TrainingSchema.from_params(training, f"{task_name}.training")
     cv = task_scans[task_scans["split"] == "train"]
@@ -196,28 +219,38 @@ def cross_validate(
     size = training.ensemble_size
     logger.info("%s: %d-fold cross-validation of %s%s on %d scans", task_name, len(folds), spec["name"],
                 f" (x{size} seeds per fold)" if size > 1 else "", len(cv))
-    fold_models, histories, trained_subjects = [], [], []
-    for fold in folds:
-        train, val = cv[cv["fold"] != fold], cv[cv["fold"] == fold]
-        trained_subjects.append(train["subject_id"].astype(str).unique().tolist())
-        run_params = {"fold": fold, "n_train": len(train), "n_validation": len(val), "model": spec,
-                      "training": training.model_dump(mode="json")}
-        with child_run(f"fold_{fold}", run_params, tags={"fold": str(fold), "task": task_name}) as run_id:
-            members = []
+    parts = {fold: (cv[cv["fold"] != fold], cv[cv["fold"] == fold]) for fold in folds}
+    with network_runner(execution or ExecutionSchema()) as runner:
+        runs = {}
+        for fold, (train, val) in parts.items():
             for member in range(size):
                 params = _network_params(training, f"fold_{fold}" + (f"/member_{member}" if size > 1 else ""),
                                          seed=training.seed + member)
-                prefix = (f"member_{member}." if size > 1 else "") if run_id else f"fold_{fold}."
-                trained, history = _train_network(volume_store, task, spec, params, train, val, pretrained, fold, prefix)
-                members.append(trained)
-                logger.info("%s", describe_fit(task, history, params, f"{task_name} fold {fold}"
-                                               + (f" member {member + 1}/{size}" if size > 1 else "")))
-                history = history.assign(fold=fold, mlflow_run_id=run_id or "")
-                histories.append(history.assign(member=member) if size > 1 else history)
-            fold_model = members[0] if size == 1 else MeanEnsemble(members)
-            if log_models:
-                log_model(fold_model, run_id)
-        fold_models.append(fold_model)
+                # a worker may run in another folder: the checkpoints' as an absolute path (not in the fingerprint)
+                params = params.model_copy(update={"checkpoint_dir": shared_path(params.checkpoint_dir)})
+                runs[fold, member] = params, runner.submit(_train_network, volume_store, task, spec, params, train, val,
+                                                           pretrained, fold, name=f"{task_name}-fold_{fold}-{member}")
+        fold_models, histories, trained_subjects = [], [], []
+        for fold, (train, val) in parts.items():
+            trained_subjects.append(train["subject_id"].astype(str).unique().tolist())
+            run_params = {"fold": fold, "n_train": len(train), "n_validation": len(val), "model": spec,
+                          "training": training.model_dump(mode="json")}
+            with child_run(f"fold_{fold}", run_params, tags={"fold": str(fold), "task": task_name}) as run_id:
+                members = []
+                for member in range(size):
+                    params, run = runs[fold, member]
+                    prefix = (f"member_{member}." if size > 1 else "") if run_id else f"fold_{fold}."
+                    # trained here now, or gathered from the cluster and its history logged into this run
+                    trained, history = run.result(prefix)
+                    members.append(trained)
+                    logger.info("%s", describe_fit(task, history, params, f"{task_name} fold {fold}"
+                                                   + (f" member {member + 1}/{size}" if size > 1 else "")))
+                    history = history.assign(fold=fold, mlflow_run_id=run_id or "")
+                    histories.append(history.assign(member=member) if size > 1 else history)
+                fold_model = members[0] if size == 1 else MeanEnsemble(members)
+                if log_models:
+                    log_model(fold_model, run_id)
+            fold_models.append(fold_model)
     return FoldEnsemble(fold_models, folds, trained_subjects=trained_subjects), pd.concat(histories, ignore_index=True)
 
 
@@ -250,6 +283,9 @@ def _train_network(
     ``train`` and ``val`` are rows of :func:`select_task_scans` (``row``, ``target``); an empty
     ``val`` is a refit, with ``params.stop_epoch``. Returns ``fit``'s ``(model, history)``.
     """
+    from neurokedro.training.trainer import fit, seed_everything
+    from neurokedro.training.transfer import transfer_encoder
+
     seed_everything(params)  # before building: initial weights are part of the run's seed
     net = build_model(spec, volume_store.images.shape[1:], task.network_out_size(params.loss.factory_options()))
     if pretrained is not None:
@@ -322,6 +358,9 @@ def predict_scans(
         ``fold_predictions``: each fold model's predictions of the test scans, with
         ``model_fold`` (for per-fold test metrics).
     """
+    from neurokedro.training.inference import predict, tta_options
+    from neurokedro.training.module import FOLD_ENSEMBLE_ID, FoldEnsemble
+
     task = get_task(task_name)
     training = TrainingSchema.from_params(training, f"{task_name}.training")
     options = dict(evaluation or {})
@@ -409,6 +448,15 @@ def stack_with_tissue_volumes(
             ``tissue_volumes: segmentation_model`` without a segmentation model.
         neurokedro.schemas.ParameterError: for an unknown option or ``tissue_volumes``.
     """
+    from neurokedro.training.stacking import (
+        fit_stacking,
+        restacked_predictions,
+        scan_tissue_volumes,
+        stacking_columns,
+        stacking_summary,
+        volume_features,
+    )
+
     task = get_task(task_name)
     options = StackingSchema.from_params(stacking, f"{task_name}.stacking")
     if not options.enabled:
@@ -472,6 +520,8 @@ def evaluate_model(
     Raises:
         ValueError: if there are no test predictions.
     """
+    from neurokedro.training.module import FOLD_ENSEMBLE_ID
+
     task = get_task(task_name)
     test = predictions[predictions["split"] == "test"]
     if test.empty:

@@ -48,11 +48,13 @@ def create_pipeline(task_name: str, **kwargs) -> Pipeline:
     segmentation = segmentation_task() if stacks and not get_task(task_name).own_cohort else None
     predicted = ["network_predictions", "network_fold_predictions"] if stacks else ["predictions", "fold_predictions"]
     train_inputs = {"volume_store": "volume_store", "task_scans": "task_scans", "model": "params:model",
-                    "training": "params:training"} | ({"pretrained_model": "pretrained_model"} if transfer else {})
+                    "training": "params:training", "execution": "params:execution"} | (
+        {"pretrained_model": "pretrained_model"} if transfer else {})
     template = pipeline(
         [
             node(bind_task(nodes.select_task_scans, task_name), ["volume_store", "splits"], "task_scans",
                  name="select_task_scans"),
+            # the cross-validation's networks train where params:execution says (neurokedro.execution)
             node(bind_task(nodes.train_model, task_name),
                  train_inputs, ["model", "training_history"],
                  name="train_model"),
@@ -72,4 +74,5 @@ def create_pipeline(task_name: str, **kwargs) -> Pipeline:
     shared = set() if get_task(task_name).own_cohort else SHARED_INPUTS  # else <task>.volume_store, <task>.splits
     inputs = {name: name for name in shared} | ({"pretrained_model": PRETRAINED_MODEL} if transfer else {}) | (
         {"segmentation_model": f"{segmentation}.model"} if segmentation else {})
-    return pipeline(template, namespace=task_name, inputs=inputs, tags=[task_name, "modelling"])
+    return pipeline(template, namespace=task_name, inputs=inputs, parameters={"params:execution": "params:execution"},
+                    tags=[task_name, "modelling"])
