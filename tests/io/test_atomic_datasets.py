@@ -16,7 +16,7 @@ from kedro_datasets.json import JSONDataset as PlainJSONDataset
 from kedro_datasets.pandas import CSVDataset as PlainCSVDataset
 from kedro_datasets.text import TextDataset as PlainTextDataset
 
-from neurokedro.io import CSVDataset, JSONDataset, OptionalDataset, PartitionedDataset, TextDataset
+from neurokedro.io import CSVDataset, JSONDataset, OptionalDataset, PartitionedDataset, ReusablePartition, TextDataset
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 OLD = {
@@ -379,6 +379,28 @@ def test_a_partition_failing_mid_save_leaves_the_previous_folder(tmp_path):
     with pytest.raises(DatasetError, match="prediction failed"):
         _partitions(folder).save({"sub-01": "A", "sub-02": "B", "sub-03": broken})
     assert _contents(folder) == {"sub-01": "a", "sub-02": "b"}
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_reusable_partition_is_computed_again_only_when_its_key_changes(tmp_path):
+    folder = tmp_path / "registration_qc"
+    calls: list[str] = []
+
+    def draw(text: str) -> ReusablePartition:
+        return ReusablePartition(f"key-{text}", lambda: calls.append(text) or text)
+
+    _partitions(folder).save({"sub-01": draw("a"), "sub-02": draw("b")})
+    assert calls == ["a", "b"]
+    _partitions(folder).save({"sub-01": draw("a"), "sub-02": draw("B"), "sub-03": "c"})
+    assert calls == ["a", "b", "B"]  # sub-01 unchanged: carried over, not computed
+    assert _contents(folder) == {"sub-01": "a", "sub-02": "B", "sub-03": "c"}
+    (folder / "sub-01.txt").unlink()  # its file gone: computed again despite the same key
+    _partitions(folder).save({"sub-01": draw("a")})
+    assert calls == ["a", "b", "B", "a"]
+    assert _contents(folder) == {"sub-01": "a"}  # the overwrite still drops the others
+    (folder / PartitionedDataset.KEYS_FILE).write_text("{not json")
+    _partitions(folder).save({"sub-01": draw("a")})  # an unreadable record: every partition computed
+    assert calls == ["a", "b", "B", "a", "a"]
     assert _leftovers(tmp_path) == []
 
 

@@ -358,6 +358,11 @@ def test_a_scan_failing_registration_qc_is_a_finding_and_the_rest_goes_on(tmp_pa
     pngs = sorted(folder.glob("*.png"))
     assert [p.name for p in pngs] == ["s0_1.png", "s1_1.png", "s3_1.png"]
     assert all(p.read_bytes()[:4] == b"\x89PNG" and p.stat().st_size < 100_000 for p in pngs)
+    # a rerun keeps an unchanged figure undrawn; a new threshold redraws every one
+    again = plot_registration_qc(store, params)
+    assert {k: f.key for k, f in again.items()} == {k: f.key for k, f in figures.items()}
+    stricter = plot_registration_qc(store, {**params, "registration_qc_min_correlation": 0.5})
+    assert all(stricter[k].key != figures[k].key for k in figures)
 
 
 SUBJECT = "IXI013-HH-1212"

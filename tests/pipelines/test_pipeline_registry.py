@@ -17,7 +17,8 @@ def test_one_pipeline_per_registered_task_plus_data_engineering_and_default():
 def test_data_engineering_pipeline_stands_alone():
     de = register_pipelines()["data_engineering"]
     assert de.outputs() >= {"splits", "qc_table"}
-    assert de.inputs() == {"params:cohort", "params:labels", "params:preprocessing", "params:split"}
+    assert de.inputs() == {"params:cohort", "params:execution", "params:labels", "params:preprocessing", "params:split",
+                           "previous_scan_qc_memo"}  # the QC memo the last run saved (None before)
 
 
 def test_reporting_draws_the_figures_of_each_task():
@@ -67,7 +68,7 @@ def test_predict_reads_the_trained_models_and_the_bias_correction_as_datasets():
     assert "autoencoder.model" not in predict.inputs()  # no per-scan output to predict
     # the new scans are prepared by the same nodes and parameters as the training cohort
     assert {"params:preprocessing", "params:labels", "params:predict.cohort"} <= predict.inputs()
-    assert predict.outputs() == {"predict.predictions", "predict.registration_qc_figures"}
+    assert predict.outputs() == {"predict.predictions", "predict.registration_qc_figures", "predict.scan_qc_memo"}
 
 
 def test_registration_qc_figures_are_written_by_the_catalog_in_training_and_predict():

@@ -9,6 +9,8 @@ import numpy as np
 PLAUSIBLE_VOXEL_MM = (0.1, 20.0)
 
 
+# A change to what these checks find must bump QC_CHECK_VERSION in
+# neurokedro/pipelines/data_engineering/qc.py, so the QC memo of earlier runs is not reused.
 def image_findings(img: nib.spatialimages.SpatialImage, time_points: int | None = None) -> list[tuple[str, str, str]]:
     """List what is wrong with a loaded image, with the offending value.
 

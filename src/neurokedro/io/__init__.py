@@ -13,7 +13,14 @@ swapped in whole), and for kedro-mlflow's model folders,
 from typing import Any
 
 from neurokedro.io.atomic import atomic_replace_dir, atomic_write_dir, atomic_write_path
-from neurokedro.io.atomic_datasets import AtomicSaveMixin, CSVDataset, JSONDataset, PartitionedDataset, TextDataset
+from neurokedro.io.atomic_datasets import (
+    AtomicSaveMixin,
+    CSVDataset,
+    JSONDataset,
+    PartitionedDataset,
+    ReusablePartition,
+    TextDataset,
+)
 from neurokedro.io.figure import FigureDataset
 from neurokedro.io.nifti import NiftiDataset
 from neurokedro.io.optional import OptionalDataset
@@ -35,6 +42,7 @@ __all__ = [
     "NiftiDataset",
     "OptionalDataset",
     "PartitionedDataset",
+    "ReusablePartition",
     "PreprocessedVolume",
     "TextDataset",
     "VolumeStore",

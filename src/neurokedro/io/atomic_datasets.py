@@ -24,6 +24,9 @@ Catalog entries only change their ``type``::
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path, PurePath
@@ -37,7 +40,7 @@ from kedro_datasets.text import text_dataset as _text
 
 from neurokedro.io.atomic import atomic_write_dir, atomic_write_path
 
-__all__ = ["AtomicSaveMixin", "CSVDataset", "JSONDataset", "PartitionedDataset", "TextDataset"]
+__all__ = ["AtomicSaveMixin", "CSVDataset", "JSONDataset", "PartitionedDataset", "ReusablePartition", "TextDataset"]
 
 
 class AtomicSaveMixin:
@@ -124,8 +127,30 @@ class TextDataset(AtomicSaveMixin, _text.TextDataset):
     """``kedro_datasets.text.TextDataset`` whose local saves are atomic (same arguments)."""
 
 
+class ReusablePartition:
+    """A lazily computed partition with a content key, for :class:`PartitionedDataset`.
+
+    An overwriting save keeps the previous save's file of this partition, without calling
+    ``compute``, when that save recorded the same ``key`` for it and the file is still there: a
+    rerun on unchanged inputs does not redraw or rewrite what it would write again.
+
+    Args:
+        key: a string that changes whenever the partition's content would (e.g. a hash of its
+            inputs and of the version of the code that makes it).
+        compute: returns the partition's data (what the partition's dataset saves).
+    """
+
+    def __init__(self, key: str, compute: Callable[[], Any]) -> None:
+        self.key = str(key)
+        self.compute = compute
+
+    def __call__(self) -> Any:
+        return self.compute()
+
+
 class PartitionedDataset(_partitions.PartitionedDataset):
-    """``kedro_datasets.partitions.PartitionedDataset`` whose local overwriting saves are atomic.
+    """``kedro_datasets.partitions.PartitionedDataset`` whose local overwriting saves are atomic,
+    and keep unchanged :class:`ReusablePartition` files.
 
     The parent's save with ``overwrite: true`` first deletes the folder, then writes one
     partition after another: a run killed (or a partition failing) in between leaves a folder
@@ -134,10 +159,17 @@ class PartitionedDataset(_partitions.PartitionedDataset):
     (:func:`~neurokedro.io.atomic.atomic_write_dir`), which replaces the folder only once the
     last partition is saved; on any error the previous folder stays as it was and the temporary
     one is removed. Same arguments, loading and lazy saving (``save_lazily``) as the parent.
+    A partition given as a :class:`ReusablePartition` whose key the previous save recorded
+    (in the folder's :data:`KEYS_FILE`, which loading skips: it lacks the partitions' suffix)
+    is carried over from the previous folder instead of being computed again (with a
+    ``filename_suffix`` only).
 
     Saves that add to the folder (``overwrite: false``, the parent's default) and remote
     protocols keep the parent's behaviour: there is no previous whole to protect, or no rename.
     """
+
+    #: The file in the folder that records each reusable partition's key.
+    KEYS_FILE: ClassVar[str] = ".partition_keys.json"
 
     def save(self, data: dict[str, Any]) -> None:
         """Save every partition of ``data`` (``{partition id: data or a callable}``).
@@ -150,12 +182,41 @@ class PartitionedDataset(_partitions.PartitionedDataset):
             super().save(data)
             return
         final = self._path
+        # Without a suffix the keys file would be read back as a partition: nothing is reused then.
+        keys = {pid: value.key for pid, value in data.items()
+                if isinstance(value, ReusablePartition) and self._filename_suffix}
+        reused = self._reusable(keys)
         with atomic_write_dir(final) as staging:
             self._path = str(staging)
             try:
-                super().save(data)
+                super().save({pid: value for pid, value in data.items() if pid not in reused})
             finally:
                 self._path = final
             # The parent removes the folder it overwrites and, given no partitions, makes none.
             staging.mkdir(exist_ok=True)
+            for pid, old in reused.items():
+                target = Path(staging) / old.relative_to(final)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(old, target)  # the previous folder is replaced next: share the bytes
+                except OSError:
+                    shutil.copy2(old, target)
+            if keys:
+                (Path(staging) / self.KEYS_FILE).write_text(json.dumps(keys, indent=1, sort_keys=True))
         self._invalidate_caches()
+
+    def _reusable(self, keys: dict[str, str]) -> dict[str, Path]:
+        """``{partition id: its previous file}`` of the partitions whose key the previous save
+        recorded unchanged and whose file is still there (none when the record is unreadable)."""
+        try:
+            previous = json.loads((Path(self._path) / self.KEYS_FILE).read_text())
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(previous, dict):
+            return {}
+        found = {}
+        for pid, key in keys.items():
+            old = Path(self._path) / f"{pid}{self._filename_suffix}"
+            if previous.get(pid) == key and old.is_file():
+                found[pid] = old
+        return found

@@ -54,6 +54,11 @@ class DemoCohortSchema(SyntheticHeadSchema):
         "[min, max] age in years, drawn uniformly; the ageing model shows no atrophy below 20"))
     n_jobs: int | None = Field(None, ge=1, description="threads used for generation (None: up to 4, by CPU count)")
 
+    @field_validator("age_range", mode="before")
+    @classmethod
+    def _sequence(cls, value: object) -> object:
+        return list(value) if isinstance(value, tuple) else value  # a tuple from Python code, a list from YAML
+
     @field_validator("age_range")
     @classmethod
     def _ordered(cls, value: list[float]) -> list[float]:

@@ -10,6 +10,7 @@ the input is a finding in the QC table; nothing is dropped silently.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 from collections.abc import Callable, Mapping
@@ -32,13 +33,16 @@ from neurokedro.imaging.runner import (
     preprocessing_compute_params,
     scan_cache_keys,
 )
+from neurokedro.io import ReusablePartition
 from neurokedro.io.volume_store import CACHE_KEY, LazyVolumeStore, VolumeStore
 from neurokedro.pipelines.data_engineering.qc import (
     QC_COLUMNS,
+    REGISTRATION_FIGURE_VERSION,
+    ScanCheckMemo,
     brain_mask_rows,
+    file_check,
     finding,
     is_blank,
-    load_and_check,
     preprocessing_finding,
     registration_figure,
     require_usable_scans,
@@ -127,7 +131,7 @@ def encode_labels(
 
 
 def check_scans(
-    cohort_table: pd.DataFrame, preprocessing: Mapping[str, Any] | None = None
+    cohort_table: pd.DataFrame, preprocessing: Mapping[str, Any] | None = None, memo: ScanCheckMemo | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Quality-check every scan; exclude the unusable ones and say why.
 
@@ -144,6 +148,9 @@ def check_scans(
         cohort_table: table from :func:`encode_labels`.
         preprocessing: the ``preprocessing`` block (:class:`~neurokedro.schemas.PreprocessingSchema`;
             None for its defaults); only ``time_points`` is used here.
+        memo: results of a previous run's file checks (:class:`~neurokedro.pipelines.data_engineering.qc.ScanCheckMemo`),
+            reused for files whose bytes are unchanged and updated with the others; None to
+            read and check every file.
 
     Returns:
         ``(passed, findings)``: the rows that passed (``label_path`` set to None where only the
@@ -156,6 +163,7 @@ def check_scans(
             block, e.g. a ``time_points`` that is not null or a positive integer.
     """
     time_points = PreprocessingSchema.from_params(preprocessing, "preprocessing").time_points
+    check_file = file_check if memo is None else memo.check
     findings: list[dict[str, Any]] = []
     keep: list[bool] = []
     table = cohort_table.copy()
@@ -174,15 +182,17 @@ def check_scans(
                                      "duplicate subject/session id; the first occurrence is kept", "scan excluded"))
             keep.append(False)
             continue
-        problems, image = load_and_check(path, time_points=time_points)
+        image = check_file(path, time_points=time_points)
+        problems = image.problems
         for check, value, message in problems:
             findings.append(finding(row, path, check, value, message, "scan excluded"))
         keep.append(not problems)
         label_path = row.get("label_path")
         if problems or is_blank(label_path):
             continue
-        label_problems, label = load_and_check(label_path, expect_content=False)
-        mismatch = None if label_problems else grid_mismatch(image, label)
+        label = check_file(label_path, expect_content=False)
+        label_problems = label.problems
+        mismatch = None if label_problems else grid_mismatch(image.grid, label.grid)
         if mismatch is not None:
             label_problems = [("label_grid", *mismatch)]
         for check, value, message in label_problems:
@@ -196,8 +206,35 @@ def check_scans(
     return passed, findings_table
 
 
+def check_scans_memoised(
+    cohort_table: pd.DataFrame, preprocessing: Mapping[str, Any] | None, previous_memo: str | None
+) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """:func:`check_scans` with the QC memo of the previous run: a scan or label map whose bytes
+    are unchanged is not read again; its findings are the ones it had (the ``check_scans`` node).
+
+    Args:
+        cohort_table, preprocessing: as for :func:`check_scans`.
+        previous_memo: the memo the previous run saved (``previous_scan_qc_memo``: JSON text,
+            :meth:`~neurokedro.pipelines.data_engineering.qc.ScanCheckMemo.to_text`), or None
+            before the first run. A corrupt or outdated memo is not an error: every file is
+            checked again.
+
+    Returns:
+        ``(passed, findings, memo)``: :func:`check_scans`'s two tables and the updated memo
+        (JSON text) for the next run.
+
+    Raises:
+        EmptyCohortError, neurokedro.schemas.ParameterError: as :func:`check_scans`.
+    """
+    memo = ScanCheckMemo.from_text(previous_memo)
+    passed, findings = check_scans(cohort_table, preprocessing, memo)
+    logger.info("QC memo: %d file(s) unchanged since the last run (not read again), %d checked",
+                memo.reused, memo.checked)
+    return passed, findings, memo.to_text()
+
+
 def preprocess_scans(
-    cohort_table: pd.DataFrame, preprocessing: Mapping[str, Any]
+    cohort_table: pd.DataFrame, preprocessing: Mapping[str, Any], execution: Mapping[str, Any] | None = None
 ) -> LazyVolumeStore:
     """Preprocess every QC-passed scan into the volume store (lazily: one scan at a time).
 
@@ -208,6 +245,10 @@ def preprocess_scans(
             ``registration``, ``bias_correction``, ``registration_qc_min_correlation``;
             ``time_points``: with T, each row is a 4D series stored as T channels), each option
             left out at its :class:`~neurokedro.schemas.PreprocessingSchema` default.
+        execution: ``parameters_execution.yml:execution``: with ``backend: dask`` the scans to
+            compute are tasks of a Dask cluster (``preprocessing.n_workers`` is then not used);
+            None or ``backend: local``: this machine. Not part of any cache key: the volumes are
+            the same on either backend.
 
     Returns:
         A :class:`~neurokedro.io.volume_store.LazyVolumeStore`; the dataset computes and writes
@@ -224,8 +265,9 @@ def preprocess_scans(
 
     Raises:
         neurokedro.schemas.ParameterError: (a ``ValueError``) for an invalid ``preprocessing``
-            block (an unknown option, naming the closest known one; a value of the wrong type or
-            out of range); ``ValueError`` for options that cannot go together.
+            or ``execution`` block (an unknown option, naming the closest known one; a value of
+            the wrong type or out of range; ``backend: dask`` without Dask installed);
+            ``ValueError`` for options that cannot go together.
         ImportError: when the options need ANTsPy or deepbet and it is not installed.
     """
     options = preprocessing_options(preprocessing)
@@ -256,6 +298,7 @@ def preprocess_scans(
         compute=ScanPreprocessor([str(v) for v in index["image_path"]], labels, options, lookups),
         n_workers=options.n_workers,
         info_columns=BRAIN_COLUMNS + (REGISTRATION_COLUMNS if options.registration != "none" else ()),
+        execution=execution,  # where the rows are computed, never what: not in meta or the cache keys
     )
 
 
@@ -314,8 +357,9 @@ def plot_registration_qc(
             and ``registration_qc_min_correlation``).
 
     Returns:
-        ``{"<subject>_<session>": callable returning a matplotlib Figure}``; empty when
-        ``registration`` is ``none``.
+        ``{"<subject>_<session>": ReusablePartition returning a matplotlib Figure}`` (keyed by
+        the scan's cache key, its fit and the threshold, so a rerun keeps an unchanged figure
+        without drawing it); empty when ``registration`` is ``none``.
     """
     options = preprocessing_options(preprocessing)
     index = volume_store.index
@@ -328,8 +372,11 @@ def plot_registration_qc(
         session = "" if is_blank(row.get("session_id")) else str(row["session_id"])
         name = str(row["subject_id"]) + (f"_{session}" if session else "")
         key = re.sub(r"[^A-Za-z0-9._-]+", "-", name)
-        figures[key] = partial(registration_figure, str(row["image_path"]), str(row["registration_transform"]),
-                               float(row["registration_correlation"]), options.registration_qc_min_correlation,
-                               name.replace("_", " "))
+        args = (str(row["image_path"]), str(row["registration_transform"]), float(row["registration_correlation"]),
+                options.registration_qc_min_correlation, name.replace("_", " "))
+        # Redrawn only when the scan's volume (its cache key), the fit, the threshold or the figure's code changed.
+        content = json.dumps([REGISTRATION_FIGURE_VERSION, str(row.get(CACHE_KEY, "")), *args[1:]], default=str)
+        figures[key] = ReusablePartition(hashlib.sha256(content.encode()).hexdigest(),
+                                         partial(registration_figure, *args))
     return figures
 

@@ -1,4 +1,5 @@
-"""The QC table: its rows (*findings*), the file-level checks of a scan, and the registration figure.
+"""The QC table: its rows (*findings*), the file-level checks of a scan, their memo, and the
+registration figure.
 
 Every problem found in the input is a *finding*: one row of a QC table with the scan, the
 check that failed, the value and a message. Scans with image findings are excluded; scans with
@@ -6,14 +7,19 @@ label findings stay in the volume store (unsupervised tasks can use them) and ar
 the tasks that need that label. Nothing is dropped silently. The data-engineering nodes
 (:mod:`neurokedro.pipelines.data_engineering.nodes`) build the table from these pieces, and
 :class:`EmptyCohortError` stops a run when nothing usable is left.
+
+A file's checks read every voxel, so a rerun takes them from the :class:`ScanCheckMemo` of the
+previous run when the file's bytes are unchanged (keyed by their SHA-256, as the preprocessing
+cache is: :func:`neurokedro.imaging.runner.scan_cache_keys`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import nibabel as nib
 import numpy as np
@@ -21,8 +27,10 @@ import pandas as pd
 
 from neurokedro.imaging.brain_extraction import brain_mask_findings
 from neurokedro.imaging.checks import image_findings
-from neurokedro.imaging.runner import REGISTRATION_CHECK_ERRORS
+from neurokedro.imaging.runner import REGISTRATION_CHECK_ERRORS, _file_digest
 from neurokedro.io.scan_formats import READABLE, scan_format
+
+logger = logging.getLogger(__name__)
 
 QC_COLUMNS = ["subject_id", "session_id", "file", "check", "value", "message", "action"]
 
@@ -134,6 +142,152 @@ def _declared_size_problem(img: Any, path: str) -> tuple[str, str, str] | None:
             f"more than the {size}-byte file can hold: truncated file or corrupt header")
 
 
+#: Version of a file's checks (:func:`file_check`: :func:`load_and_check` and
+#: :func:`~neurokedro.imaging.checks.image_findings`). Part of the QC memo's key: bump it whenever
+#: those checks change, so that the next run checks every file again instead of reusing results.
+QC_CHECK_VERSION = 1
+
+#: Stands for the file's path in a memoised message, so that a file renamed or copied (same
+#: bytes) is named by its own path.
+_PATH_MARK = "\x00path\x00"
+
+
+class Grid(NamedTuple):
+    """A checked image's voxel grid, what :func:`~neurokedro.imaging.checks.grid_mismatch` compares.
+
+    Attributes:
+        shape: the image's shape (3D, or 4D for a series).
+        affine: (4, 4) float64 voxel -> RAS+ mm.
+    """
+
+    shape: tuple[int, ...]
+    affine: np.ndarray
+
+
+class FileCheck(NamedTuple):
+    """What :func:`file_check` found in one file.
+
+    Attributes:
+        problems: ``[(check, value, message), ...]`` as :func:`load_and_check` gives them;
+            empty when the file is usable.
+        grid: the image's :class:`Grid` when it has no problem, else None.
+    """
+
+    problems: list[tuple[str, str, str]]
+    grid: Grid | None
+
+
+def file_check(path: Any, expect_content: bool = True, time_points: int | None = None) -> FileCheck:
+    """:func:`load_and_check` of the file at ``path`` (same arguments), keeping only what QC
+    needs of the image: its grid, to compare a label map's with."""
+    problems, img = load_and_check(path, expect_content, time_points)
+    grid = None if problems or img is None else Grid(tuple(int(s) for s in img.shape),
+                                                     np.asarray(img.affine, dtype=np.float64))
+    return FileCheck(problems, grid)
+
+
+def _memo_version() -> str:
+    """What a memo's results depend on besides the files: the checks' version and the reader's."""
+    return f"checks {QC_CHECK_VERSION}, nibabel {nib.__version__}"
+
+
+class ScanCheckMemo:
+    """:func:`file_check` results of a previous run, reused for files whose bytes are unchanged.
+
+    A result is keyed by the file's SHA-256 (:func:`neurokedro.imaging.runner._file_digest`, the
+    preprocessing cache's), the format its name says (messages name it), and the check's options;
+    the memo as a whole by :data:`QC_CHECK_VERSION` and nibabel's version. A file with other
+    bytes under the same name gets another key and is checked again; a missing file, or one whose
+    name is not a single-file scan format (:func:`~neurokedro.io.scan_formats.scan_format`), is
+    always checked. :meth:`to_text` keeps the results of the files this run looked at.
+
+    Args:
+        entries: the ``entries`` of a previous :meth:`to_text`; None for an empty memo.
+
+    Attributes:
+        reused: how many files' results came from the memo.
+        checked: how many files were read and checked.
+    """
+
+    def __init__(self, entries: Mapping[str, Any] | None = None) -> None:
+        self._previous = dict(entries or {})
+        self._current: dict[str, Any] = {}
+        self._digests: dict[str, str] = {}
+        self.reused = 0
+        self.checked = 0
+
+    @classmethod
+    def from_text(cls, text: str | None) -> ScanCheckMemo:
+        """The memo a previous run saved (:meth:`to_text`). Nothing to reuse (an empty memo) when
+        ``text`` is None or empty, not a memo (corrupt, truncated), or from another version of the
+        checks or of nibabel: every file is then checked again. Never raises."""
+        if not text:
+            return cls()
+        try:
+            data = json.loads(text)
+        except ValueError:
+            logger.warning("The QC memo is not valid JSON; every scan and label map is checked again")
+            return cls()
+        if not isinstance(data, dict) or data.get("version") != _memo_version() or not isinstance(data.get("entries"), dict):
+            logger.info("The QC memo is from other checks (or nibabel); every scan and label map is checked again")
+            return cls()
+        return cls(data["entries"])
+
+    def to_text(self) -> str:
+        """The memo as JSON text: the version and the results of the files checked or reused
+        since this memo was made."""
+        return json.dumps({"version": _memo_version(), "entries": self._current}, sort_keys=True)
+
+    def check(self, path: Any, expect_content: bool = True, time_points: int | None = None) -> FileCheck:
+        """:func:`file_check` of ``path`` (same arguments), from the memo when it holds this content."""
+        key = self._key(path, expect_content, time_points)
+        if key is None:
+            return file_check(path, expect_content, time_points)
+        reused = _decoded(self._previous.get(key), str(path))
+        if reused is not None:
+            self.reused += 1
+            self._current[key] = self._previous[key]
+            return reused
+        result = file_check(path, expect_content, time_points)
+        self.checked += 1
+        self._current[key] = _encoded(result, str(path))
+        return result
+
+    def _key(self, path: Any, expect_content: bool, time_points: int | None) -> str | None:
+        kind = None if is_blank(path) else scan_format(str(path))
+        digest = "" if kind is None else _file_digest(path, self._digests)
+        if len(digest) != 64:  # "" (no file) or "missing" (unreadable): not memoised
+            return None
+        return f"{digest} {kind} content={bool(expect_content)} time_points={time_points}"
+
+
+def _encoded(result: FileCheck, path: str) -> dict[str, Any]:
+    """A :class:`FileCheck` as JSON-able data, the file's path replaced by :data:`_PATH_MARK`."""
+    grid = None if result.grid is None else {"shape": list(result.grid.shape), "affine": result.grid.affine.tolist()}
+    problems = [[str(part).replace(path, _PATH_MARK) for part in problem] for problem in result.problems]
+    return {"problems": problems, "grid": grid}
+
+
+def _decoded(entry: Any, path: str) -> FileCheck | None:
+    """The :class:`FileCheck` of an :func:`_encoded` entry for the file at ``path``; None when the
+    entry is absent or malformed (the file is then checked again)."""
+    try:
+        problems = [tuple(str(part).replace(_PATH_MARK, path) for part in problem) for problem in entry["problems"]]
+        if any(len(problem) != 3 for problem in problems):
+            return None
+        grid = entry["grid"]
+        if (grid is None) != bool(problems):  # a usable file's grid is what its label map is compared with
+            return None
+        if grid is not None:
+            affine = np.asarray(grid["affine"], dtype=np.float64)
+            if affine.shape != (4, 4):
+                return None
+            grid = Grid(tuple(int(s) for s in grid["shape"]), affine)
+    except (TypeError, KeyError, ValueError):
+        return None
+    return FileCheck(problems, grid)
+
+
 def brain_mask_rows(row: Mapping[str, Any], learned: bool) -> list[dict[str, Any]]:
     """QC rows of a learned brain mask (a label map's or the template's is the user's own)."""
     if not learned:
@@ -154,6 +308,10 @@ def preprocessing_finding(row: Mapping[str, Any]) -> dict[str, Any]:
         value = "" if pd.isna(correlation) else f"{float(correlation):.3f}"
         return finding(row, row.get("image_path"), "registration", value, error, "scan excluded")
     return finding(row, row.get("image_path"), "preprocessing", "", error, "scan excluded")
+
+
+#: Bump when :func:`registration_figure` draws differently, so a rerun redraws every figure.
+REGISTRATION_FIGURE_VERSION = 1
 
 
 def registration_figure(image_path: str, transform_json: str, correlation: float, threshold: float, title: str) -> Any:
