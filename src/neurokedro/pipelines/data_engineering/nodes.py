@@ -14,6 +14,7 @@ import json
 import logging
 import re
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
@@ -38,6 +39,7 @@ from neurokedro.io.volume_store import CACHE_KEY, LazyVolumeStore, VolumeStore
 from neurokedro.pipelines.data_engineering.qc import (
     QC_COLUMNS,
     REGISTRATION_FIGURE_VERSION,
+    FileCheck,
     ScanCheckMemo,
     brain_mask_rows,
     file_check,
@@ -147,7 +149,8 @@ def check_scans(
     Args:
         cohort_table: table from :func:`encode_labels`.
         preprocessing: the ``preprocessing`` block (:class:`~neurokedro.schemas.PreprocessingSchema`;
-            None for its defaults); only ``time_points`` is used here.
+            None for its defaults); ``time_points``, and ``n_workers``: the files are read on as
+            many threads.
         memo: results of a previous run's file checks (:class:`~neurokedro.pipelines.data_engineering.qc.ScanCheckMemo`),
             reused for files whose bytes are unchanged and updated with the others; None to
             read and check every file.
@@ -162,18 +165,29 @@ def check_scans(
         neurokedro.schemas.ParameterError: (a ``ValueError``) for an invalid ``preprocessing``
             block, e.g. a ``time_points`` that is not null or a positive integer.
     """
-    time_points = PreprocessingSchema.from_params(preprocessing, "preprocessing").time_points
-    check_file = file_check if memo is None else memo.check
-    findings: list[dict[str, Any]] = []
-    keep: list[bool] = []
+    options = PreprocessingSchema.from_params(preprocessing, "preprocessing")
+    time_points = options.time_points
+    read = file_check if memo is None else memo.check
     table = cohort_table.copy()
     duplicated = table.duplicated(subset=["subject_id", "session_id"], keep="first")
-    for i, row in enumerate(table.to_dict("records")):
+    rows = table.to_dict("records")
+    checked_rows = [r for r, dup in zip(rows, duplicated) if not dup and not _missing_id(r)]
+    # The files are read first, on n_workers threads: scans, then the label maps of the usable ones.
+    checked = _check_files([(r["image_path"], True) for r in checked_rows], read, time_points, options.n_workers)
+    usable = [r for r in checked_rows if not is_blank(r["image_path"]) and not checked[str(r["image_path"]), True].problems]
+    checked |= _check_files([(r.get("label_path"), False) for r in usable], read, None, options.n_workers)
+
+    def check_file(path: Any, expect_content: bool = True, time_points: int | None = None) -> FileCheck:
+        return read(path, expect_content, time_points) if is_blank(path) else checked[str(path), expect_content]
+
+    findings: list[dict[str, Any]] = []
+    keep: list[bool] = []
+    for i, row in enumerate(rows):
         path = row["image_path"]
         if not is_blank(row.get(WHITESPACE_NOTE)):
             findings.append(finding(row, path, "whitespace", row[WHITESPACE_NOTE],
                                      "white space around the id was stripped; the value shows it as written", "kept"))
-        if is_blank(row.get("subject_id")) or str(row.get("subject_id")).strip().lower() in {"none", "nan"}:
+        if _missing_id(row):
             findings.append(finding(row, path, "missing_id", row.get("subject_id"), "the row has no subject id", "scan excluded"))
             keep.append(False)
             continue
@@ -204,6 +218,27 @@ def check_scans(
     require_usable_scans(passed, table, findings_table)
     logger.info("QC: %d of %d scans passed", len(passed), len(table))
     return passed, findings_table
+
+
+def _missing_id(row: Mapping[str, Any]) -> bool:
+    """The cohort row has no subject id (blank, or the text of a missing value)."""
+    return is_blank(row.get("subject_id")) or str(row.get("subject_id")).strip().lower() in {"none", "nan"}
+
+
+def _check_files(files: list[tuple[Any, bool]], check_file: Callable[..., FileCheck], time_points: int | None,
+                 n_threads: int) -> dict[tuple[str, bool], FileCheck]:
+    """``{(path, is a scan): its file check}`` of the non-blank ``(path, is a scan)`` pairs, on
+    ``n_threads`` threads (decompressing and scanning voxels release the GIL): a scan with
+    ``time_points``, a label map for its grid only (``expect_content=False``)."""
+    jobs = list(dict.fromkeys((str(path), bool(scan)) for path, scan in files if not is_blank(path)))
+
+    def run(job: tuple[str, bool]) -> FileCheck:
+        return check_file(job[0], expect_content=job[1], time_points=time_points)
+
+    if n_threads <= 1 or len(jobs) <= 1:
+        return {job: run(job) for job in jobs}
+    with ThreadPoolExecutor(max_workers=min(n_threads, len(jobs))) as pool:
+        return dict(zip(jobs, pool.map(run, jobs), strict=True))
 
 
 def check_scans_memoised(

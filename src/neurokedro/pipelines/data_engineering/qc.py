@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -215,6 +216,7 @@ class ScanCheckMemo:
         self._digests: dict[str, str] = {}
         self.reused = 0
         self.checked = 0
+        self._lock = threading.Lock()
 
     @classmethod
     def from_text(cls, text: str | None) -> ScanCheckMemo:
@@ -245,12 +247,14 @@ class ScanCheckMemo:
             return file_check(path, expect_content, time_points)
         reused = _decoded(self._previous.get(key), str(path))
         if reused is not None:
-            self.reused += 1
-            self._current[key] = self._previous[key]
+            with self._lock:
+                self.reused += 1
+                self._current[key] = self._previous[key]
             return reused
         result = file_check(path, expect_content, time_points)
-        self.checked += 1
-        self._current[key] = _encoded(result, str(path))
+        with self._lock:  # check_scans reads files on several threads
+            self.checked += 1
+            self._current[key] = _encoded(result, str(path))
         return result
 
     def _key(self, path: Any, expect_content: bool, time_points: int | None) -> str | None:
