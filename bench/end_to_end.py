@@ -73,7 +73,10 @@ def kedro_run(work: Path, pipeline: str, env: str | None, overrides: list[str]) 
     Raises:
         SystemExit: if the run fails (its output's tail goes to stderr).
     """
-    overrides = [f"{pipeline.removesuffix('_search')}.training.progress_bar=false", *overrides]
+    from neurokedro import plugins
+
+    task = pipeline.removesuffix("_search")  # only a task has a training block (predict's is refused)
+    overrides = [f"{task}.training.progress_bar=false"] * (task in plugins.names("tasks")) + [*overrides]
     command = ["kedro", "run", "--pipeline", pipeline, "--params", ",".join(overrides)] + (["--env", env] if env else [])
     environment = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1", "NEUROKEDRO_IXI_DIR": str(ixi_dir())}
     start = time.perf_counter()
