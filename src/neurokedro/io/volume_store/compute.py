@@ -143,17 +143,25 @@ def _compute_forked(token: str, spec: RowSpec, i: int) -> Row | Exception:
     return compute_caught(_FORKED_COMPUTES[token], spec, i)
 
 
-def _pool_outcome(fut: Future, i: int) -> Row | Exception:
-    """A pool future's row, or ``DatasetError`` when its worker process died."""
+def future_outcome(future: Any, lost: type[BaseException], message: str) -> Row | Exception:
+    """A finished future's row, or the exception its row raised (returned: the store records it);
+    ``DatasetError(message)`` when its worker was lost (``lost``: the executor's error for that).
+
+    Raises:
+        DatasetError: when the future raised ``lost``.
+    """
     try:
-        return fut.result()
-    except BrokenProcessPool as exc:
-        raise DatasetError(
-            f"A worker process died while computing volume {i} (killed, e.g. out "
-            "of memory?); reduce n_workers or the memory used per volume."
-        ) from exc
+        return future.result()
+    except lost as exc:
+        raise DatasetError(message) from exc
     except Exception as exc:  # noqa: BLE001  # e.g. an exception that did not pickle back
         return exc
+
+
+def _pool_outcome(fut: Future, i: int) -> Row | Exception:
+    """A pool future's row, or ``DatasetError`` when its worker process died."""
+    return future_outcome(fut, BrokenProcessPool, f"A worker process died while computing volume {i} (killed, e.g. "
+                          "out of memory?); reduce n_workers or the memory used per volume.")
 
 
 def iter_rows_parallel(

@@ -15,10 +15,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from kedro.io.core import DatasetError
-
 from neurokedro.execution.cluster import dask_client
-from neurokedro.io.volume_store.compute import Row, compute_caught, iter_windowed
+from neurokedro.io.volume_store.compute import Row, compute_caught, future_outcome, iter_windowed
 from neurokedro.io.volume_store.format import RowSpec
 from neurokedro.io.volume_store.stores import PreprocessedVolume
 from neurokedro.schemas.execution import ExecutionSchema
@@ -47,15 +45,9 @@ def iter_rows_dask(
     from distributed import KilledWorker, as_completed
 
     def outcome(future: Any, i: int) -> Row | Exception:
-        try:
-            return future.result()
-        except KilledWorker as exc:
-            raise DatasetError(
-                f"Volume {i}: the Dask workers computing it died more often than the scheduler allows (its "
-                "allowed-failures; killed, e.g. out of memory?); see the workers' logs, or give them more memory."
-            ) from exc
-        except Exception as exc:  # noqa: BLE001  # e.g. an exception that did not pickle back
-            return exc
+        return future_outcome(future, KilledWorker, (
+            f"Volume {i}: the Dask workers computing it died more often than the scheduler allows (its "
+            "allowed-failures; killed, e.g. out of memory?); see the workers' logs, or give them more memory."))
 
     token = uuid.uuid4().hex[:8]
     with dask_client(execution) as client:
